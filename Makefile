@@ -1,0 +1,31 @@
+# `make demo`: create .venv, install from the lock, run the quickstart study end to end.
+# `make test`: the same install, then the test suite (`make test-fast` skips the slow end-to-end tests).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-fast clean
+
+install: $(STAMP)
+
+# torch first, pinned: an unpinned torch (or one pulled in by a dependency) takes a multi-GB CUDA build.
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$$(grep '^torch==' requirements.lock)"
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	rm -rf studies/quickstart
+	$(BIN)/scssl run experiments/quickstart.yaml
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) studies .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from scssl.cli import main
+
+sys.exit(main())

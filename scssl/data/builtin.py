@@ -1,0 +1,62 @@
+"""Real data sets shipped inside the package, addressable by name (``scssl datasets`` lists them)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from scssl.data.spec import DatasetSpec
+from scssl.settings import ConfigError
+
+BUILTIN_DIR = Path(__file__).parent / "builtin"
+
+
+@dataclass(frozen=True)
+class BuiltinDataset:
+    file: str
+    batch_key: str
+    labels_key: str
+    counts_layer: str | None
+    query_batches: tuple[str, ...]
+    description: str
+
+    @property
+    def path(self) -> Path:
+        return BUILTIN_DIR / self.file
+
+
+BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
+    "bmmc_cite_starter": BuiltinDataset(
+        file="neurips2021_bmmc_cite_starter_rna.h5ad",
+        batch_key="batch",
+        labels_key="cell_type",
+        counts_layer="counts",
+        query_batches=("s1d2",),
+        description="NeurIPS 2021 BMMC CITE-seq starter, RNA: 600 cells x 1,000 genes, "
+        "2 donors (s1d1, s1d2), 41 cell types, raw counts in layers['counts']. MIT (see PROVENANCE.md).",
+    ),
+}
+
+
+def resolve(spec: DatasetSpec, base_dir: Path) -> DatasetSpec:
+    """A complete spec: a built-in name filled with its keys, a relative path made absolute."""
+    if spec.name is not None:
+        if spec.name not in BUILTIN_DATASETS:
+            raise ConfigError(
+                f"dataset name {spec.name!r} is not a built-in data set; "
+                f"known: {', '.join(BUILTIN_DATASETS)} (or give `path:` to an .h5ad file)"
+            )
+        known = BUILTIN_DATASETS[spec.name]
+        return dataclasses.replace(
+            spec,
+            name=None,
+            id=spec.label,
+            path=str(known.path),
+            batch_key=spec.batch_key or known.batch_key,
+            labels_key=spec.labels_key or known.labels_key,
+            counts_layer=spec.counts_layer if spec.counts_layer is not None else known.counts_layer,
+            query_batches=spec.query_batches if spec.query_batches is not None else list(known.query_batches),
+        )
+    path = Path(spec.path).expanduser()
+    return dataclasses.replace(spec, path=str(path if path.is_absolute() else (base_dir / path).resolve()))

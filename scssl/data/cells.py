@@ -1,0 +1,47 @@
+"""Cells on the training device, cut into dense float32 mini-batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+
+class CellMatrix:
+    """A cells x genes matrix held on ``device``; ``rows(idx)`` returns a dense mini-batch.
+
+    A sparse matrix stays sparse on the device (CSR arrays) and only the selected rows are
+    densified, so a large data set never exists densely in memory.
+    """
+
+    def __init__(self, X: np.ndarray | sp.spmatrix, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.n_cells, self.n_genes = X.shape
+        self.sparse = sp.issparse(X)
+        if self.sparse:
+            X = sp.csr_matrix(X, dtype=np.float32)
+            self._indptr = torch.as_tensor(X.indptr.astype(np.int64), device=self.device)
+            self._indices = torch.as_tensor(X.indices.astype(np.int64), device=self.device)
+            self._values = torch.as_tensor(X.data, device=self.device)
+        else:
+            self._dense = torch.as_tensor(np.asarray(X, dtype=np.float32), device=self.device)
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        if not self.sparse:
+            return self._dense[idx]
+        starts, ends = self._indptr[idx], self._indptr[idx + 1]
+        counts = ends - starts
+        nnz = int(counts.sum())
+        row = torch.repeat_interleave(torch.arange(len(idx), device=self.device), counts, output_size=nnz)
+        first_of_row = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts, output_size=nnz)
+        pos = torch.repeat_interleave(starts, counts, output_size=nnz) + (
+            torch.arange(nnz, device=self.device) - first_of_row
+        )
+        out = torch.zeros(len(idx), self.n_genes, device=self.device)
+        out[row, self._indices[pos]] = self._values[pos]
+        return out
+
+    def batches(self, batch_size: int):
+        """Consecutive dense mini-batches over all cells, in order (for embedding)."""
+        for start in range(0, self.n_cells, batch_size):
+            yield self.rows(torch.arange(start, min(start + batch_size, self.n_cells), device=self.device))

@@ -1,0 +1,40 @@
+"""The dataset block of an experiment file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from typing_extensions import Annotated
+
+from scssl.settings import settings
+
+
+@settings
+class DatasetSpec:
+    """Which cells to load and how to read them.
+
+    Give either ``name`` (a built-in data set, see ``scssl datasets``) or ``path`` (any ``.h5ad``).
+    ``counts_layer`` names the layer holding raw counts; ``None`` means ``X`` holds them.
+    Cells of ``query_batches`` are held out of training for query-to-reference cell typing.
+    """
+
+    name: str | None = None
+    path: str | None = None
+    batch_key: str | None = None
+    labels_key: str | None = None
+    counts_layer: str | None = None
+    query_batches: list[str] | None = None
+    n_hvgs: Annotated[int, Field(ge=2)] = 4000
+    id: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.name is None) == (self.path is None):
+            raise ValueError("give exactly one of `name` (a built-in data set) or `path` (an .h5ad file)")
+        if self.path is not None and (self.batch_key is None or self.labels_key is None):
+            raise ValueError("a data set given by `path` needs `batch_key` and `labels_key`")
+
+    @property
+    def label(self) -> str:
+        """Short name used in tables, MLflow and file names."""
+        return self.id or self.name or Path(self.path).stem

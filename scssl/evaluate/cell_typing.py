@@ -1,0 +1,52 @@
+"""Query-to-reference cell typing: kNN (k = 11, Euclidean, uniform) fitted on reference embeddings."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score
+from sklearn.neighbors import KNeighborsClassifier
+
+K_NEIGHBORS = 11
+
+
+def knn_predict(ref_emb: np.ndarray, ref_labels: np.ndarray, query_emb: np.ndarray, k: int = K_NEIGHBORS):
+    classifier = KNeighborsClassifier(n_neighbors=min(k, len(ref_emb)))
+    return classifier.fit(ref_emb, ref_labels).predict(query_emb)
+
+
+def knn_cell_typing(
+    ref_emb: np.ndarray, ref_labels: np.ndarray, query_emb: np.ndarray, query_labels: np.ndarray,
+    k: int = K_NEIGHBORS,
+) -> dict[str, float]:
+    """Macro-F1 and accuracy of kNN label transfer to the query.
+
+    ``macro_f1`` / ``accuracy`` count only query cells whose type occurs in the reference, and
+    average F1 over those types (the study's ``exclude=True``); the ``_all`` variants keep every
+    query cell, so types absent from the reference count as errors.
+    """
+    ref_labels, query_labels = np.asarray(ref_labels), np.asarray(query_labels)
+    predicted = knn_predict(ref_emb, ref_labels, query_emb, k)
+    shared = np.isin(query_labels, ref_labels)
+    shared_types = np.unique(query_labels[shared])
+    return {
+        "macro_f1": float(f1_score(query_labels[shared], predicted[shared], labels=shared_types,
+                                   average="macro", zero_division=0)),
+        "accuracy": float(accuracy_score(query_labels[shared], predicted[shared])),
+        "macro_f1_all": float(f1_score(query_labels, predicted, average="macro", zero_division=0)),
+        "accuracy_all": float(accuracy_score(query_labels, predicted)),
+    }
+
+
+def validation_split(labels: np.ndarray, fraction: float, max_cells: int, seed: int) -> np.ndarray:
+    """A fixed boolean mask of validation cells, the same for every trial of a study."""
+    n = len(labels)
+    n_val = max(1, min(max_cells, round(fraction * n)))
+    mask = np.zeros(n, dtype=bool)
+    mask[np.random.default_rng(seed).choice(n, size=n_val, replace=False)] = True
+    return mask
+
+
+def knn_accuracy(embedding: np.ndarray, labels: np.ndarray, is_validation: np.ndarray) -> float:
+    """kNN accuracy of the validation cells, classified by the others: cheap, comparable per epoch."""
+    predicted = knn_predict(embedding[~is_validation], labels[~is_validation], embedding[is_validation])
+    return float(accuracy_score(labels[is_validation], predicted))

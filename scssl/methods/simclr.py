@@ -1,0 +1,33 @@
+"""SimCLR (Chen et al. 2020) as in scSSL-Bench: NT-Xent on projections of two views."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from typing_extensions import Annotated
+
+from scssl.methods.base import EncoderParams, SSLMethod, mlp_head, projector_dims
+from scssl.methods.losses import nt_xent
+from scssl.settings import settings
+
+
+@settings
+class SimCLRParams(EncoderParams):
+    """Projector Lin-BN-ReLU-Lin-BN, h -> h -> h (lightly ``SimCLRProjectionHead(64, 64, 64)``)."""
+
+    temperature: Annotated[float, Field(gt=0.0)] = 0.5
+
+
+class SimCLR(SSLMethod):
+    """Contrastive: each view must pick its partner among the other 2N - 2 views (NT-Xent, temperature)."""
+
+    name = "simclr"
+    Params = SimCLRParams
+
+    def __init__(self, n_genes: int, params: SimCLRParams):
+        super().__init__(n_genes, params)
+        self.projector = mlp_head(projector_dims(params), batch_norm_last=True)
+
+    def loss(self, view1, view2):
+        z1 = self.projector(self.encoder(view1))
+        z2 = self.projector(self.encoder(view2))
+        return nt_xent(z1, z2, self.params.temperature)

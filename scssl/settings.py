@@ -1,0 +1,68 @@
+"""Typed settings: every YAML block becomes a validated, frozen dataclass once, at load time.
+
+Each layer declares its own settings class next to the code that uses it (``DatasetSpec`` in
+``data``, ``AugmentationConfig`` in ``augment``, a method's ``Params`` beside the method, ...);
+this module only holds the shared machinery, so no layer reads raw dicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass as _pydantic_dataclass
+
+T = TypeVar("T")
+
+# Unknown keys are errors, values are coerced where unambiguous ("1e-4" -> 1e-4), instances frozen.
+_STRICT = ConfigDict(extra="forbid")
+
+
+def settings(cls: type[T]) -> type[T]:
+    """Make ``cls`` a frozen, validated dataclass that rejects unknown keys."""
+    return _pydantic_dataclass(cls, config=_STRICT, frozen=True)
+
+
+class ConfigError(ValueError):
+    """A configuration is invalid; the message names the file, the key and what was expected."""
+
+
+def parse(cls: type[T], raw: Any, source: str) -> T:
+    """Validate ``raw`` (a dict read from YAML) into ``cls``; errors name ``source`` and the key path."""
+    try:
+        return TypeAdapter(cls).validate_python({} if raw is None else raw)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+            got = "" if e["type"] == "missing" else f" (got {e['input']!r})"
+            problems.append(f"  {key}: {e['msg']}{got}")
+        raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(problems)) from None
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping, with an error that names the file when it is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def as_dict(obj: Any) -> dict:
+    """A settings object as plain nested dicts (for MLflow params and JSON artifacts)."""
+    return dataclasses.asdict(obj)
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]

@@ -1,0 +1,124 @@
+"""The final stage: each method's best configuration retrained with several seeds and evaluated.
+
+``cell_typing`` trains on reference cells and classifies the query with kNN; ``batch_correction``
+trains on all cells and scores the embedding with scib-metrics (the study's protocol for each task).
+Jobs run as Ray tasks next to the data in the object store; each is an MLflow run tagged
+``stage=retrain``. A job whose finished run (same config) exists already is not run again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+import numpy as np
+import ray
+import torch
+
+from scssl.augment import AugmentationConfig
+from scssl.evaluate import knn_cell_typing, scib_scores
+from scssl.experiment import Experiment
+from scssl.methods import get_method
+from scssl.settings import as_dict
+from scssl.train import TrainSettings, fit_embedding
+from scssl.tune.search import best_config
+from scssl.tune.search_space import trial_settings
+from scssl.tune.tracking import CONFIG, DATASET, METHOD, SEED, STAGE, TASK, Tracker
+from scssl.tune.trainable import SharedData
+
+
+@dataclass(frozen=True)
+class RetrainJob:
+    dataset: str
+    method: str
+    task: str
+    seed: int
+    config: dict
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {STAGE: "retrain", DATASET: self.dataset, METHOD: self.method, TASK: self.task,
+                SEED: str(self.seed), CONFIG: json.dumps(self.config, sort_keys=True, default=float)}
+
+    @property
+    def embedding_file(self) -> str:
+        return f"{self.method}__{self.task}__seed{self.seed}.npy"
+
+
+def run_job(data, job: RetrainJob, train: TrainSettings, augment: AugmentationConfig, threads: int):
+    """Train and evaluate one job; returns (metrics, embedding of every cell of the data set)."""
+    shared: SharedData = ray.get(data) if isinstance(data, ray.ObjectRef) else data
+    torch.set_num_threads(threads)
+    ds = shared.dataset
+    trial = trial_settings(get_method(job.method), train, augment, job.config)
+    labels = ds.obs["label"].to_numpy().astype(str)
+    if job.task == "cell_typing":
+        ref, query = ds.reference_index, ds.query_index
+        emb = fit_embedding(job.method, trial.params, ds.X[ref], {"ref": ds.X[ref], "query": ds.X[query]},
+                            trial.train, trial.augment, job.seed)
+        metrics = knn_cell_typing(emb["ref"], labels[ref], emb["query"], labels[query])
+        embedding = np.empty((ds.n_cells, emb["ref"].shape[1]), dtype=np.float32)
+        embedding[ref], embedding[query] = emb["ref"], emb["query"]
+    else:
+        embedding = fit_embedding(job.method, trial.params, ds.X, {"all": ds.X}, trial.train, trial.augment,
+                                  job.seed)["all"]
+        metrics = scib_scores(embedding, ds.obs["batch"].to_numpy(), labels, shared.pre_integration, n_jobs=threads)
+    return metrics, embedding
+
+
+def plan_jobs(experiment: Experiment, tracker: Tracker) -> list[RetrainJob]:
+    jobs = []
+    for spec in experiment.datasets:
+        for method in experiment.config.methods:
+            config, run_id = best_config(tracker, spec.label, method)
+            if get_method(method).trainable and run_id is None:
+                raise RuntimeError(
+                    f"no finished tuning trial for {method!r} on {spec.label!r} in {tracker.uri}; "
+                    "run `scssl tune` first"
+                )
+            for task in experiment.config.tasks:
+                for seed in experiment.config.final.seeds:
+                    jobs.append(RetrainJob(spec.label, method, task, seed, config))
+    return jobs
+
+
+def retrain_stage(experiment: Experiment, data_refs: dict, tracker: Tracker) -> None:
+    """Run every job not already finished; write embeddings under ``<study>/embeddings``."""
+    cfg = experiment.config
+    jobs = plan_jobs(experiment, tracker)
+    finished = {
+        (r.data.tags.get(DATASET), r.data.tags.get(METHOD), r.data.tags.get(TASK), r.data.tags.get(SEED),
+         r.data.tags.get(CONFIG))
+        for r in tracker.runs(stage="retrain") if Tracker.finished(r)
+    }
+    todo = [j for j in jobs if tuple(j.tags[k] for k in (DATASET, METHOD, TASK, SEED, CONFIG)) not in finished]
+    print(f"[retrain] {len(todo)} of {len(jobs)} jobs to run "
+          f"({len(cfg.final.seeds)} seeds x {len(cfg.tasks)} tasks per method and data set)", flush=True)
+    threads = max(1, int(cfg.tune.cpus_per_trial))
+    task = ray.remote(run_job).options(num_cpus=cfg.tune.cpus_per_trial, num_gpus=cfg.tune.gpus_per_trial)
+    pending = {}
+    for job in todo:
+        trial = trial_settings(get_method(job.method), cfg.train, cfg.augment, job.config)
+        run_id = tracker.start_run(f"{job.dataset}/{job.method}/{job.task}/seed{job.seed}", job.tags, job.config)
+        tracker.log_json(run_id, {"method": as_dict(trial.params), "train": as_dict(trial.train),
+                                  "augment": as_dict(trial.augment)}, "config.json")
+        pending[task.remote(data_refs[job.dataset], job, cfg.train, cfg.augment, threads)] = (job, run_id)
+    for n in range(1, len(pending) + 1):
+        [ref], _ = ray.wait(list(pending), num_returns=1)
+        job, run_id = pending.pop(ref)
+        try:
+            metrics, embedding = ray.get(ref)
+        except Exception as err:  # the job failed: record why, keep the others going
+            tracker.set_tags(run_id, {"scssl.error": str(err)[-4000:]})
+            tracker.end_run(run_id, "FAILED")
+            print(f"[retrain] {n}/{len(todo)} {job.dataset}/{job.method} {job.task} seed {job.seed}: FAILED: "
+                  f"{str(err).splitlines()[-1]}", flush=True)
+            continue
+        folder = experiment.study_dir / "embeddings" / job.dataset
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / job.embedding_file, embedding)
+        tracker.log_metrics(run_id, metrics)
+        tracker.end_run(run_id, "FINISHED")
+        headline = metrics.get("total", metrics.get("macro_f1"))
+        name = "total" if "total" in metrics else "macro_f1"
+        print(f"[retrain] {n}/{len(todo)} {job.dataset}/{job.method} {job.task} seed {job.seed}: "
+              f"{name} {headline:.3f}", flush=True)
