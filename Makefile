@@ -1,5 +1,5 @@
 # `make demo`: create .venv, install from the lock, run the quickstart study end to end.
-# `make test`: the same install, then the test suite (`make test-fast` skips the slow end-to-end tests).
+# `make test`: the same install, then every test (`make test-fast`, like plain `pytest`, skips the slow ones).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -22,10 +22,10 @@ demo: install
 	$(BIN)/scssl run experiments/quickstart.yaml
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m ""
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q
 
 clean:
 	rm -rf $(VENV) studies .pytest_cache

@@ -7,10 +7,12 @@ study's code re-selected genes on all cells, so its query genes could differ fro
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import anndata as ad
+from anndata import OldFormatWarning
 import numpy as np
 import pandas as pd
 import scanpy as sc
@@ -69,7 +71,9 @@ def read_h5ad(path: str | Path) -> ad.AnnData:
         raise ConfigError(f"{path}: data file not found")
     if path.suffix != ".h5ad":
         raise ConfigError(f"{path}: expected an .h5ad file")
-    return ad.read_h5ad(path)
+    with warnings.catch_warnings():  # files written by older anndata versions read fine
+        warnings.simplefilter("ignore", OldFormatWarning)
+        return ad.read_h5ad(path)
 
 
 def prepare(spec: DatasetSpec, adata: ad.AnnData | None = None) -> PreparedDataset:
@@ -99,7 +103,7 @@ def prepare(spec: DatasetSpec, adata: ad.AnnData | None = None) -> PreparedDatas
     cells.var_names = adata.var_names.astype(str)
     sc.pp.normalize_total(cells, target_sum=1e4)
     sc.pp.log1p(cells)
-    genes = select_hvgs(cells[~is_query], spec.n_hvgs)
+    genes = select_hvgs(cells[~is_query].copy(), spec.n_hvgs)
 
     obs = pd.DataFrame(
         {

@@ -1,0 +1,106 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scssl.experiment import load_experiment
+from scssl.methods import METHODS
+from scssl.settings import ConfigError
+from scssl.tune.search_space import Domain, load_search_space, trial_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _experiment(tmp_path, **overrides) -> Path:
+    data = {"name": "t", "datasets": [{"name": "bmmc_cite_starter"}], "methods": ["pca", "simclr"],
+            "search_spaces": str(ROOT / "search_spaces"), **overrides}
+    return _write(tmp_path / "exp.yaml", data)
+
+
+def test_quickstart_loads():
+    exp = load_experiment(ROOT / "experiments" / "quickstart.yaml")
+    assert exp.config.methods == ["pca", "simclr", "vicreg"]
+    assert exp.datasets[0].query_batches == ["s1d2"]
+    assert exp.study_dir == ROOT / "studies" / "quickstart"
+    assert exp.tracking_uri == f"sqlite:///{ROOT / 'studies' / 'quickstart' / 'mlflow.db'}"
+    assert set(exp.search_spaces) == {"simclr", "vicreg"}
+
+
+@pytest.mark.parametrize("name", [n for n, c in METHODS.items() if c.trainable])
+def test_every_method_has_a_valid_search_space(name):
+    space = load_search_space(ROOT / "search_spaces" / f"{name}.yaml", METHODS[name])
+    assert space.entries, "an empty search space tunes nothing"
+    assert any(path[0] == "method" for path in space.entries)
+
+
+def test_unknown_key_names_file_and_key(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_experiment(_experiment(tmp_path, train={"epochz": 3}))
+    assert str(tmp_path / "exp.yaml") in str(err.value) and "train.epochz" in str(err.value)
+
+
+def test_unknown_method_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="unknown \\['simclrr'\\]"):
+        load_experiment(_experiment(tmp_path, methods=["simclrr"]))
+
+
+def test_cell_typing_needs_query_batches(tmp_path):
+    data = tmp_path / "d.h5ad"
+    with pytest.raises(ConfigError, match="datasets.0.query_batches"):
+        load_experiment(_experiment(tmp_path, datasets=[{"path": str(data), "batch_key": "b", "labels_key": "l"}]))
+
+
+def test_yaml_exponent_without_dot_is_a_number(tmp_path):
+    exp = load_experiment(_experiment(tmp_path, train={"lr": "1e-3"}))
+    assert exp.config.train.lr == 1e-3
+
+
+def test_overrides_and_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    exp = load_experiment(_experiment(tmp_path), output_dir=str(tmp_path / "out"))
+    assert exp.study_dir == tmp_path / "out" and exp.tracking_uri == "http://127.0.0.1:5000"
+    assert load_experiment(_experiment(tmp_path), tracking_uri="sqlite:///x.db").tracking_uri == "sqlite:///x.db"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"method": {"temprature": {"uniform": [0.1, 1.0]}}}, "method.temprature: 'temprature' is not a parameter of SimCLRParams"),
+        ({"augment": {"masking": {"ratio": 0.5}}}, "augment.masking.ratio"),
+        ({"optimizer": {"lr": 0.1}}, "unknown section 'optimizer'"),
+        ({"method": {"temperature": {"uniform": [1.0, 0.1]}}}, "needs low < high"),
+        ({"method": {"temperature": {"normal": [1.0, 0.1]}}}, "expected one of"),
+        ({"augment": {"masking": {"rate": {"uniform": [0.5, 1.5]}}}}, "augment.masking.rate = 1.5"),
+        ({"method": {"embedding_dim": {"choice": [1, 64]}}}, "method.embedding_dim = 1"),
+    ],
+)
+def test_bad_search_space_names_file_and_key(tmp_path, body, message):
+    path = _write(tmp_path / "simclr.yaml", body)
+    with pytest.raises(ConfigError) as err:
+        load_search_space(path, METHODS["simclr"])
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_param_space_and_trial_settings(tmp_path):
+    path = _write(tmp_path / "simclr.yaml", {
+        "method": {"temperature": {"loguniform": [0.1, 10.0]}, "projector_layers": {"int": [1, 3]}},
+        "train": {"lr": 0.001},
+        "augment": {"masking": {"rate": {"choice": [0.1, 0.5]}}},
+    })
+    space = load_search_space(path, METHODS["simclr"])
+    assert space.entries[("method", "projector_layers")] == Domain("int", (1, 3))
+    param_space = space.param_space()
+    assert param_space["train"]["lr"] == 0.001
+    assert param_space["method"]["projector_layers"].upper == 4  # inclusive bound -> randint's exclusive one
+
+    exp = load_experiment(_experiment(tmp_path))
+    trial = trial_settings(METHODS["simclr"], exp.config.train, exp.config.augment,
+                           {"method": {"temperature": 2.0}, "augment": {"masking": {"rate": 0.5}}})
+    assert trial.params.temperature == 2.0 and trial.params.embedding_dim == 64
+    assert trial.augment.masking.rate == 0.5 and trial.augment.masking.prob == exp.config.augment.masking.prob
+    assert trial.train == exp.config.train

@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+import scib_metrics
+from sklearn.metrics import accuracy_score, f1_score
+from sklearn.neighbors import KNeighborsClassifier
+
+from scssl.evaluate import BATCH_METRICS, BIO_METRICS, exact_neighbors, knn_accuracy, knn_cell_typing, scib_scores
+from scssl.evaluate.cell_typing import validation_split
+
+
+def test_knn_cell_typing_equals_sklearn(rng):
+    ref = rng.normal(size=(200, 8))
+    ref_labels = np.array(["a", "b", "c", "d"])[rng.integers(4, size=200)]
+    ref[:, 0] += (ref_labels == "a") * 3
+    query = rng.normal(size=(120, 8))
+    query_labels = np.array(["a", "b", "c", "new"])[rng.integers(4, size=120)]  # "new" is not in the reference
+    query[:, 0] += (query_labels == "a") * 3
+
+    scores = knn_cell_typing(ref, ref_labels, query, query_labels)
+
+    predicted = KNeighborsClassifier(n_neighbors=11).fit(ref, ref_labels).predict(query)
+    seen = query_labels != "new"
+    assert scores["macro_f1_all"] == pytest.approx(f1_score(query_labels, predicted, average="macro"))
+    assert scores["accuracy_all"] == pytest.approx(accuracy_score(query_labels, predicted))
+    assert scores["accuracy"] == pytest.approx(accuracy_score(query_labels[seen], predicted[seen]))
+    assert scores["macro_f1"] == pytest.approx(
+        f1_score(query_labels[seen], predicted[seen], labels=["a", "b", "c"], average="macro")
+    )
+    assert scores["accuracy"] > scores["accuracy_all"]
+
+
+def test_knn_accuracy_on_fixed_validation_cells(rng):
+    labels = np.repeat([0, 1], 100)
+    emb = rng.normal(size=(200, 4)) + labels[:, None] * 5
+    is_val = validation_split(labels, 0.2, 1000, seed=0)
+    assert is_val.sum() == 40 and np.array_equal(is_val, validation_split(labels, 0.2, 1000, seed=0))
+    assert knn_accuracy(emb, labels, is_val) == 1.0
+    assert validation_split(labels, 0.5, 30, seed=0).sum() == 30
+
+
+def test_scib_wrapper_equals_scib_metrics_called_directly(rng):
+    n = 300
+    labels = np.array(["t0", "t1", "t2"])[rng.integers(3, size=n)]
+    batch = np.array(["b0", "b1"])[rng.integers(2, size=n)]
+    emb = (rng.normal(size=(n, 10)) + (labels == "t1")[:, None] * 2 + (batch == "b1")[:, None] * 0.5).astype(np.float32)
+    pre = rng.normal(size=(n, 20)).astype(np.float32) + (batch == "b1")[:, None]
+
+    scores = scib_scores(emb, batch, labels, pre)
+
+    nn = exact_neighbors(emb, 90)
+    leiden = scib_metrics.nmi_ari_cluster_labels_leiden(nn.subset_neighbors(15), labels)
+    direct = {
+        "isolated_labels": scib_metrics.isolated_labels(emb, labels, batch),
+        "leiden_nmi": leiden["nmi"], "leiden_ari": leiden["ari"],
+        "silhouette_label": scib_metrics.silhouette_label(emb, labels),
+        "clisi": scib_metrics.clisi_knn(nn, labels),
+        "silhouette_batch": scib_metrics.silhouette_batch(emb, labels, batch),
+        "ilisi": scib_metrics.ilisi_knn(nn, batch),
+        "kbet": scib_metrics.kbet_per_label(nn.subset_neighbors(50), batch, labels),
+        "graph_connectivity": scib_metrics.graph_connectivity(nn.subset_neighbors(15), labels),
+        "pcr_comparison": scib_metrics.pcr_comparison(pre, emb, batch, categorical=True),
+    }
+    for name, value in direct.items():
+        assert scores[name] == pytest.approx(float(value), abs=1e-6), name
+    bio = np.mean([direct[m] for m in BIO_METRICS])
+    batch_score = np.mean([direct[m] for m in BATCH_METRICS])
+    assert scores["bio_conservation"] == pytest.approx(bio, abs=1e-6)
+    assert scores["batch_correction"] == pytest.approx(batch_score, abs=1e-6)
+    assert scores["total"] == pytest.approx(0.6 * bio + 0.4 * batch_score, abs=1e-6)

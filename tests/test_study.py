@@ -1,0 +1,94 @@
+"""End to end: a tiny study through Ray Tune, Optuna, ASHA, MLflow, scib-metrics and the report."""
+
+from pathlib import Path
+
+import anndata as ad
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from scssl.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, synthetic_h5ad):
+    folder = tmp_path_factory.mktemp("study")
+    experiment = folder / "tiny.yaml"
+    experiment.write_text(yaml.safe_dump({
+        "name": "tiny",
+        "output_dir": "out",
+        "search_spaces": str(ROOT / "search_spaces"),
+        "datasets": [{"path": str(synthetic_h5ad), "id": "synth", "batch_key": "batch", "labels_key": "cell_type",
+                      "counts_layer": "counts", "query_batches": ["batch2"], "n_hvgs": 200}],
+        "methods": ["pca", "simclr", "vicreg"],
+        "train": {"epochs": 2, "batch_size": 64},
+        "tune": {"num_samples": 2, "grace_period": 1, "cpus_per_trial": 1},
+        "final": {"seeds": [0, 1]},
+    }))
+    assert main(["run", str(experiment)]) == 0
+    out = folder / "out"
+    return experiment, out, MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+
+
+def _runs(client, stage):
+    exp = client.get_experiment_by_name("tiny")
+    return client.search_runs([exp.experiment_id], f"tags.`scssl.stage` = '{stage}'")
+
+
+def test_every_trial_is_a_finished_mlflow_run(study):
+    _, out, client = study
+    runs = _runs(client, "tune")
+    assert len(runs) == 4  # 2 methods x 2 trials; pca has nothing to tune
+    assert sorted(r.data.tags["scssl.method"] for r in runs) == ["simclr", "simclr", "vicreg", "vicreg"]
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert 0.0 <= run.data.metrics["val_knn_accuracy"] <= 1.0
+        history = client.get_metric_history(run.info.run_id, "val_knn_accuracy")
+        assert [m.step for m in history] in ([1], [1, 2])  # ASHA may stop a trial after its grace period
+        assert any(k.startswith("method.") for k in run.data.params)
+        artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
+        assert "config.json" in artifacts
+    assert (out / "ray_results" / "synth__simclr").is_dir()
+
+
+def test_retrain_runs_tables_and_embeddings(study):
+    _, out, client = study
+    runs = _runs(client, "retrain")
+    assert len(runs) == 3 * 2 * 2 and all(r.info.status == "FINISHED" for r in runs)
+
+    bc = pd.read_csv(out / "results" / "batch_correction.csv", index_col=[0, 1])
+    assert list(bc.index.get_level_values("method")) == ["pca", "simclr", "vicreg"]
+    for column in ("total_mean", "bio_conservation_mean", "batch_correction_mean", "kbet_mean", "ilisi_mean"):
+        assert bc[column].between(0, 1).all(), column
+    assert (bc["total_count"] == 2).all()
+    ct = pd.read_csv(out / "results" / "cell_typing.csv", index_col=[0, 1])
+    assert ct["macro_f1_mean"].between(0, 1).all() and (ct["macro_f1_count"] == 2).all()
+    assert "| synth | simclr |" in (out / "results" / "summary.md").read_text()
+
+    adata = ad.read_h5ad(out / "results" / "embeddings_synth.h5ad")
+    assert adata.n_obs == 400
+    for method in ("pca", "simclr", "vicreg"):
+        assert f"X_{method}" in adata.obsm and f"X_{method}_reference_model" in adata.obsm
+    assert {"batch", "cell_type", "split"} <= set(adata.obs.columns)
+
+
+def test_stages_rerun_without_duplicates(study, capsys):
+    experiment, out, client = study
+    before = (out / "results" / "summary.md").read_text()
+    assert main(["retrain", str(experiment)]) == 0
+    assert "0 of 12 jobs to run" in capsys.readouterr().out
+    assert len(_runs(client, "retrain")) == 12
+    assert main(["report", str(experiment)]) == 0
+    assert (out / "results" / "summary.md").read_text() == before
+
+
+def test_bad_experiment_is_a_clear_cli_error(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmethods: [simclr]\n")
+    assert main(["run", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "datasets" in err

@@ -1,0 +1,58 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from scssl.report import collect, write_tables
+from scssl.tune.tracking import Tracker, flatten
+
+
+def _tracker(tmp_path):
+    return Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "study", tmp_path / "artifacts")
+
+
+def _retrain_run(tracker, method, task, seed, metrics, status="FINISHED"):
+    tags = {"scssl.stage": "retrain", "scssl.dataset": "d", "scssl.method": method, "scssl.task": task,
+            "scssl.seed": seed}
+    run_id = tracker.start_run(f"{method}/{task}/{seed}", tags, {"method": {"temperature": 0.5}})
+    tracker.log_metrics(run_id, metrics)
+    tracker.end_run(run_id, status)
+    return run_id
+
+
+def test_flatten():
+    assert flatten({"a": {"b": {"c": 1}}, "d": 2}) == {"a.b.c": 1, "d": 2}
+
+
+def test_tracker_logs_params_metrics_and_artifacts(tmp_path):
+    tracker = _tracker(tmp_path)
+    run_id = _retrain_run(tracker, "simclr", "cell_typing", 0, {"macro_f1": 0.5})
+    tracker.log_json(run_id, {"method": {"temperature": 0.5}}, "config.json")
+    [run] = tracker.runs(stage="retrain", method="simclr")
+    assert run.data.params == {"method.temperature": "0.5"} and run.data.metrics == {"macro_f1": 0.5}
+    assert (tmp_path / "artifacts").exists()
+    assert Tracker.finished(run)
+    assert _tracker(tmp_path).experiment_id == tracker.experiment_id  # reopened, not created again
+
+
+def test_tables_are_mean_and_std_over_seeds(tmp_path):
+    tracker = _tracker(tmp_path)
+    f1 = {"simclr": [0.5, 0.6, 0.7], "pca": [0.2, 0.2, 0.3]}
+    for method, values in f1.items():
+        for seed, value in enumerate(values):
+            _retrain_run(tracker, method, "cell_typing", seed, {"macro_f1": value, "accuracy": value + 0.1})
+    _retrain_run(tracker, "simclr", "cell_typing", 3, {"macro_f1": 0.0}, status="FAILED")  # not counted
+
+    long = collect(tracker)
+    assert len(long) == 12
+    text = write_tables(long, ["pca", "simclr"], tmp_path / "results")
+
+    table = pd.read_csv(tmp_path / "results" / "cell_typing.csv", index_col=[0, 1])
+    assert table.loc[("d", "simclr"), "macro_f1_mean"] == pytest.approx(0.6)
+    assert table.loc[("d", "simclr"), "macro_f1_std"] == pytest.approx(np.std([0.5, 0.6, 0.7], ddof=1))
+    assert table.loc[("d", "pca"), "macro_f1_count"] == 3
+    lines = text.splitlines()
+    pca_line = next(i for i, line in enumerate(lines) if "| pca |" in line)
+    simclr_line = next(i for i, line in enumerate(lines) if "| simclr |" in line)
+    assert pca_line < simclr_line, "rows follow the experiment's method order"
+    assert "0.600 ± 0.100" in lines[simclr_line]
+    assert (tmp_path / "results" / "summary.md").read_text() == text

@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+import torch
+
+from scssl.augment import AugmentationConfig
+from scssl.methods import PCABaseline, SimCLR
+from scssl.train import NonFiniteLossError, TrainSettings, embed, fit_embedding, train
+
+
+def test_training_reports_every_epoch_and_is_reproducible(prepared):
+    X = prepared.X[prepared.reference_index]
+    reports = []
+    settings = TrainSettings(epochs=3, batch_size=64)
+    model = train(SimCLR, SimCLR.Params(embedding_dim=8), X, settings, AugmentationConfig(), seed=3,
+                  on_epoch=lambda m, r: reports.append(r))
+    assert [r.epoch for r in reports] == [1, 2, 3]
+    assert all(np.isfinite(r.loss) for r in reports)
+    again = train(SimCLR, SimCLR.Params(embedding_dim=8), X, settings, AugmentationConfig(), seed=3)
+    np.testing.assert_allclose(embed(model, X), embed(again, X), rtol=1e-5, atol=1e-6)
+
+
+def test_embedding_does_not_depend_on_batch_composition(prepared):
+    X = prepared.X
+    model = train(SimCLR, SimCLR.Params(embedding_dim=8), X, TrainSettings(epochs=1), AugmentationConfig())
+    full = embed(model, X, batch_size=1024)
+    np.testing.assert_allclose(embed(model, X[:10], batch_size=3), full[:10], rtol=1e-5, atol=1e-6)
+
+
+def test_step_schedule_divides_lr_every_ten_epochs(prepared, monkeypatch):
+    seen = []
+    original = torch.optim.Adam.step
+
+    def spy(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    X = prepared.X[:64]
+    train(SimCLR, SimCLR.Params(embedding_dim=4), X, TrainSettings(epochs=21, batch_size=64, schedule="step"),
+          AugmentationConfig())
+    assert seen[0] == pytest.approx(1e-4) and seen[10] == pytest.approx(1e-5) and seen[20] == pytest.approx(1e-6)
+
+
+def test_non_finite_loss_stops_training():
+    X = np.ones((64, 10), dtype=np.float32)
+    X[0, 0] = np.nan
+    with pytest.raises(NonFiniteLossError, match="simclr: loss is nan in epoch 1"):
+        train(SimCLR, SimCLR.Params(embedding_dim=4), X, TrainSettings(epochs=2), AugmentationConfig())
+
+
+def test_fit_embedding_pca_baseline_and_ssl(prepared):
+    ref, query = prepared.reference_index, prepared.query_index
+    out = fit_embedding("pca", PCABaseline.Params(n_components=5), prepared.X[ref],
+                        {"ref": prepared.X[ref], "query": prepared.X[query]}, TrainSettings(), AugmentationConfig(),
+                        seed=0)
+    assert out["ref"].shape == (len(ref), 5) and out["query"].shape == (len(query), 5)
+    out = fit_embedding("simclr", SimCLR.Params(embedding_dim=6), prepared.X[ref], {"q": prepared.X[query]},
+                        TrainSettings(epochs=1), AugmentationConfig(), seed=0)
+    assert out["q"].shape == (len(query), 6)
