@@ -56,6 +56,14 @@ class Experiment:
     def results_dir(self) -> Path:
         return self.study_dir / "results"
 
+    @property
+    def uses_neighbours(self) -> bool:
+        """Whether any run may use a BBKNN or MNN augmentation, so that neighbour graphs are needed."""
+        if self.config.augment.uses_neighbours:
+            return True
+        return any(space.may_exceed_zero(("augment", name, "prob"))
+                   for space in self.search_spaces.values() for name in ("bbknn", "mnn"))
+
 
 def load_experiment(path: str | Path, output_dir: str | None = None, tracking_uri: str | None = None) -> Experiment:
     """Read and check ``path``; ``output_dir`` and ``tracking_uri`` override the file's values.

@@ -63,7 +63,8 @@ def _run_on_ray(experiment, datasets, stages, tracker, address) -> None:
     ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
              runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore"}})
     try:
-        refs = {name: ray.put(SharedData.build(ds, experiment.config.tune)) for name, ds in datasets.items()}
+        graphs = experiment.uses_neighbours
+        refs = {name: ray.put(SharedData.build(ds, experiment.config.tune, graphs)) for name, ds in datasets.items()}
         if "tune" in stages:
             for name in refs:
                 for method in experiment.config.methods:

@@ -1,11 +1,24 @@
+import numpy as np
 import pytest
 import torch
 
-from scssl.augment import AugmentationConfig, Augmenter, GaussianNoise, Masking, gaussian_noise, random_mask
+from scssl.augment import (
+    AugmentationConfig, Augmenter, build_neighbour_graph, crossover, dropout, gaussian_noise, inner_swap, mix,
+    negative_binomial_noise, random_mask,
+)
+from scssl.data import CellMatrix, make_synthetic
+from scssl.settings import parse
+
+OFF = parse(AugmentationConfig, {"preset": "base"}, "test")
 
 
 def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
+
+
+def _only(**sections) -> AugmentationConfig:
+    """The base preset (everything off) with the given augmentations switched on."""
+    return parse(AugmentationConfig, {"preset": "base", **sections}, "test")
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.2, 0.5, 0.8])
@@ -17,19 +30,78 @@ def test_masking_zeroes_the_stated_fraction(rate):
 
 def test_gaussian_noise_hits_rate_with_sigma():
     x = torch.ones(256, 1000)
-    out = gaussian_noise(x, sigma=0.5, rate=0.3, generator=_gen())
+    out = gaussian_noise(x, 0.5, 0.3, _gen())
     changed = out != x
     assert abs(changed.float().mean().item() - 0.3) < 0.02
     assert abs((out - x)[changed].std().item() - 0.5) < 0.02
 
 
-@pytest.mark.parametrize("prob", [0.0, 0.3, 0.5, 1.0])
-def test_each_view_applies_an_augmentation_with_its_probability(prob):
-    config = AugmentationConfig(masking=Masking(rate=0.5, prob=prob), gaussian_noise=GaussianNoise(prob=0.0))
-    x = torch.rand(4000, 50) + 1.0
-    view = Augmenter(config, seed=1).view(x)
-    masked_cells = (view == 0).any(dim=1).float().mean().item()
-    assert abs(masked_cells - prob) < 0.03
+@pytest.mark.parametrize("rate", [0.1, 0.3, 0.6])
+def test_inner_swap_moves_the_stated_fraction_within_each_cell(rate):
+    x = torch.rand(256, 1000)
+    out = inner_swap(x, rate, _gen())
+    moved = (out != x).float().sum(dim=1)
+    assert (moved == 2 * int(1000 * rate // 2)).all()
+    assert torch.equal(out.sort(dim=1).values, x.sort(dim=1).values)  # values only move within the cell
+
+
+def test_crossover_takes_the_stated_fraction_from_the_donor():
+    x, donors = torch.rand(256, 1000), torch.rand(256, 1000)
+    out = crossover(x, donors, 0.25, _gen())
+    from_donor = (out == donors).float().mean().item()
+    assert abs(from_donor - 0.25) < 0.02 and torch.equal(torch.where(out == donors, x, out), x)
+
+
+def test_dropout_zeroes_and_rescales():
+    x = torch.rand(256, 1000) + 1.0
+    out = dropout(x, 0.3, _gen())
+    kept = out != 0
+    assert abs(1 - kept.float().mean().item() - 0.3) < 0.02
+    torch.testing.assert_close(out[kept], x[kept] / 0.7)
+
+
+def test_negative_binomial_noise_adds_scaled_nonnegative_noise():
+    x = torch.rand(128, 500)
+    out = negative_binomial_noise(x, 0.2, _gen())
+    assert (out >= 0).all() and (out >= x - 1e-6).all()
+    assert torch.equal(negative_binomial_noise(x, 0.0, _gen()), x)
+    added = (out - x) / 0.2  # log1p of counts normalised to 1e4 per cell
+    assert torch.allclose(torch.expm1(added).sum(dim=1), torch.full((128,), 1e4), rtol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["int", "geo"])
+def test_mix_weight_is_between_alpha_and_one(mode):
+    x, y = torch.full((500, 1), 2.0), torch.full((500, 1), 8.0)
+    out = mix(x, y, 0.6, mode, _gen())
+    lam = (8.0 - out) / 6.0 if mode == "int" else torch.log(out / 8.0) / torch.log(torch.tensor(2.0 / 8.0))
+    assert lam.min() >= 0.6 - 1e-5 and lam.max() <= 1.0 + 1e-5 and lam.std() > 0.05
+
+
+def test_mix_exchange_takes_genes_from_partner_with_probability_one_minus_alpha():
+    x, y = torch.zeros(256, 1000), torch.ones(256, 1000)
+    assert abs(mix(x, y, 0.3, "exc", _gen()).mean().item() - 0.7) < 0.02
+
+
+@pytest.mark.parametrize("name", ["masking", "gaussian_noise", "inner_swap", "crossover", "negbin_noise", "dropout"])
+@pytest.mark.parametrize("prob", [0.0, 0.3, 1.0])
+def test_each_view_applies_an_augmentation_with_its_probability(name, prob):
+    config = _only(**{name: {"prob": prob}})
+    x = torch.rand(3000, 60) + 1.0
+    view, _ = Augmenter(config, seed=1)(x)
+    changed_cells = (view != x).any(dim=1).float().mean().item()
+    assert abs(changed_cells - prob) < 0.035
+
+
+def test_clear_pipeline_is_the_default_and_presets_apply():
+    default = AugmentationConfig()
+    assert (default.masking.rate, default.masking.prob) == (0.2, 0.5)
+    assert (default.gaussian_noise.sigma, default.gaussian_noise.rate) == (0.2, 0.8)
+    assert (default.inner_swap.rate, default.crossover.rate, default.crossover.prob) == (0.1, 0.25, 0.5)
+    assert not default.uses_neighbours
+    ours = parse(AugmentationConfig, {"preset": "our_pipeline", "masking": {"rate": 0.3}}, "test")
+    assert (ours.mnn.prob, ours.mnn.knn, ours.masking.rate, ours.masking.prob) == (0.5, 3, 0.3, 0.5)
+    assert ours.crossover.prob == 0.0 and ours.uses_neighbours
+    assert all(getattr(OFF, n).prob == 0 for n in ("masking", "gaussian_noise", "inner_swap", "crossover"))
 
 
 def test_same_seed_same_views_and_views_differ():
@@ -38,12 +110,74 @@ def test_same_seed_same_views_and_views_differ():
     b1, b2 = Augmenter(AugmentationConfig(), seed=7)(x)
     assert torch.equal(a1, b1) and torch.equal(a2, b2)
     assert not torch.equal(a1, a2)
-    c1, _ = Augmenter(AugmentationConfig(), seed=8)(x)
-    assert not torch.equal(a1, c1)
+    assert not torch.equal(a1, Augmenter(AugmentationConfig(), seed=8)(x)[0])
 
 
 def test_input_is_not_modified():
     x = torch.rand(32, 20)
     before = x.clone()
-    Augmenter(AugmentationConfig(masking=Masking(prob=1.0)), seed=0)(x)
+    Augmenter(_only(masking={"prob": 1.0}, inner_swap={"prob": 1.0}, crossover={"prob": 1.0}), seed=0)(x)
     assert torch.equal(x, before)
+
+
+@pytest.fixture(scope="module")
+def cells_and_graph():
+    adata = make_synthetic(n_cells=600, n_genes=80, n_batches=3, n_cell_types=4, seed=5)
+    X = np.log1p(adata.X.toarray()).astype(np.float32)
+    X += np.arange(len(X))[:, None] * 1e-3  # distinct rows, so that a row identifies its cell
+    batches = adata.obs["batch"].to_numpy()
+    return X, batches, build_neighbour_graph(X, batches)
+
+
+def _row_ids(view: torch.Tensor, X: np.ndarray) -> np.ndarray:
+    """The cell each row of ``view`` is an exact copy of."""
+    distance = torch.cdist(view, torch.as_tensor(X), compute_mode="donot_use_mm_for_euclid_dist")
+    assert (distance.min(dim=1).values < 1e-5).all()
+    return distance.argmin(dim=1).numpy()
+
+
+def test_neighbour_graph_is_true_neighbours(cells_and_graph):
+    X, batches, graph = cells_and_graph
+    codes = np.unique(batches, return_inverse=True)[1]
+    assert (codes[graph.within] == codes[:, None]).all()
+    assert (graph.within != np.arange(len(X))[:, None]).all()
+    assert all((codes[graph.balanced[:, b]] == b).all() for b in range(3))
+    i, j = np.nonzero(graph.mnn >= 0)
+    partner = graph.mnn[i, j]
+    assert len(i) > 0 and (codes[partner] != codes[i]).all()
+    assert all(a in graph.mnn[b] for a, b in zip(i, partner))  # mutual
+    # the within-batch neighbours are the nearest of the batch in the graph's own PCA space: they are
+    # much closer than random cells of the batch
+    near = np.linalg.norm(X[graph.within[:, 0]] - X, axis=1).mean()
+    rand = np.linalg.norm(X[np.random.default_rng(0).permutation(len(X))] - X, axis=1).mean()
+    assert near < 0.8 * rand
+
+
+def test_bbknn_partners_come_from_the_balanced_graph(cells_and_graph):
+    X, _, graph = cells_and_graph
+    cells = CellMatrix(X)
+    config = _only(bbknn={"prob": 1.0, "alpha": 0.0, "mode": "exc", "knn": 3})  # alpha 0: every gene from the partner
+    idx = torch.arange(0, 600, 3)
+    view, _ = Augmenter(config, seed=0, rows=cells.rows, graph=graph)(cells.rows(idx), idx)
+    partners = _row_ids(view, X)
+    for cell, partner in zip(idx.numpy(), partners):
+        assert partner in graph.balanced[cell, :, :3]
+
+
+def test_mnn_views_use_within_neighbours_and_mnn_partners(cells_and_graph):
+    X, _, graph = cells_and_graph
+    cells = CellMatrix(X)
+    config = _only(mnn={"prob": 1.0, "alpha": 0.0, "mode": "exc", "knn": 4})
+    idx = torch.arange(600)
+    first, second = Augmenter(config, seed=0, rows=cells.rows, graph=graph)(cells.rows(idx), idx)
+    first_ids, second_ids = _row_ids(first, X), _row_ids(second, X)
+    for cell in range(600):
+        assert first_ids[cell] in graph.within[cell, :4]
+        partners = graph.mnn[cell][graph.mnn[cell] >= 0]
+        anchors = partners if len(partners) else [cell]
+        assert any(second_ids[cell] in graph.within[a, :4] for a in anchors)
+
+
+def test_neighbour_augmentations_need_a_graph():
+    with pytest.raises(ValueError, match="NeighbourGraph"):
+        Augmenter(_only(mnn={"prob": 0.5}))

@@ -104,3 +104,16 @@ def test_param_space_and_trial_settings(tmp_path):
     assert trial.params.temperature == 2.0 and trial.params.embedding_dim == 64
     assert trial.augment.masking.rate == 0.5 and trial.augment.masking.prob == exp.config.augment.masking.prob
     assert trial.train == exp.config.train
+
+
+def test_augment_preset_in_experiment_and_neighbour_detection(tmp_path):
+    exp = load_experiment(_experiment(tmp_path, augment={"preset": "our_pipeline", "masking": {"rate": 0.4}}))
+    assert exp.config.augment.mnn.prob == 0.5 and exp.config.augment.masking.rate == 0.4
+    assert exp.uses_neighbours
+    assert not load_experiment(_experiment(tmp_path)).uses_neighbours
+    space_dir = tmp_path / "spaces"
+    space_dir.mkdir()
+    _write(space_dir / "simclr.yaml", {"augment": {"mnn": {"prob": {"uniform": [0.0, 0.5]}}}})
+    assert load_experiment(_experiment(tmp_path, search_spaces=str(space_dir))).uses_neighbours
+    with pytest.raises(ConfigError, match="augment.preset"):
+        load_experiment(_experiment(tmp_path, augment={"preset": "clear"}))

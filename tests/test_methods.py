@@ -4,8 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from scssl.methods import METHODS, SimCLR, VICReg
-from scssl.methods.losses import nt_xent, vicreg
+from scssl.methods import BYOL, METHODS, NNCLR, MoCo, SimCLR, VICReg
+from scssl.methods.losses import barlow_twins, negative_cosine, nt_xent, nt_xent_with_queue, vicreg
+from scssl.methods.mechanics import MemoryQueue, cosine_schedule, nearest_neighbour
 
 
 def test_nt_xent_orthogonal_pairs_by_hand():
@@ -85,3 +86,131 @@ def test_paper_defaults():
         SimCLR.Params(temperature=0.0)
     with pytest.raises(ValueError):
         SimCLR.Params(unknown=1)
+
+
+def test_nt_xent_with_queue_by_hand():
+    q = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    k = torch.tensor([[2.0, 0.0], [1.0, 1.0]])
+    negatives = torch.tensor([[0.0, 1.0], [-1.0, 0.0], [3.0, 4.0]])
+    t = 0.5
+    unit = lambda v: v / v.norm()
+    total = 0.0
+    for qi, ki in zip(q, k):
+        pos = math.exp(float(unit(qi) @ unit(ki)) / t)
+        neg = sum(math.exp(float(unit(qi) @ unit(n)) / t) for n in negatives)
+        total += -math.log(pos / (pos + neg))
+    assert nt_xent_with_queue(q, k, negatives, t).item() == pytest.approx(total / 2, rel=1e-6)
+
+
+def test_negative_cosine_by_hand_and_stops_gradient():
+    p = torch.tensor([[1.0, 0.0], [1.0, 1.0]], requires_grad=True)
+    z = torch.tensor([[0.0, 3.0], [2.0, 2.0]], requires_grad=True)
+    loss = negative_cosine(p, z)
+    assert loss.item() == pytest.approx(-(0.0 + 1.0) / 2)
+    loss.backward()
+    assert z.grad is None and p.grad is not None
+
+
+def test_barlow_twins_by_hand():
+    z1 = torch.tensor([[1.0, 2.0], [3.0, 0.0], [2.0, 1.0]])
+    z2 = torch.tensor([[0.0, 1.0], [2.0, 2.0], [1.0, 0.0]])
+    lam = 5e-3
+
+    def standardise(col):
+        mean = sum(col) / len(col)
+        std = math.sqrt(sum((c - mean) ** 2 for c in col) / (len(col) - 1))
+        return [(c - mean) / std for c in col]
+
+    a = [standardise(z1[:, j].tolist()) for j in range(2)]
+    b = [standardise(z2[:, j].tolist()) for j in range(2)]
+    c = [[sum(x * y for x, y in zip(a[i], b[j])) / 3 for j in range(2)] for i in range(2)]
+    expected = (1 - c[0][0]) ** 2 + (1 - c[1][1]) ** 2 + lam * (c[0][1] ** 2 + c[1][0] ** 2)
+    assert barlow_twins(z1, z2, lam).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_cosine_momentum_schedule():
+    assert cosine_schedule(0, 100, 0.996, 1.0) == pytest.approx(0.996)
+    assert cosine_schedule(50, 100, 0.996, 1.0) == pytest.approx(0.998)
+    assert cosine_schedule(100, 100, 0.996, 1.0) == pytest.approx(1.0)
+    assert cosine_schedule(25, 100, 0.0, 1.0) == pytest.approx((1 - math.cos(math.pi / 4)) / 2)
+
+
+@pytest.mark.parametrize("cls", [MoCo, BYOL])
+def test_momentum_target_moves_by_the_scheduled_amount(cls):
+    torch.manual_seed(0)
+    model = cls(20, cls.Params(embedding_dim=8))
+    online, target = model.momentum_pairs()[0]
+    before = [p.detach().clone() for p in target.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    x = torch.rand(32, 20)
+    model.loss(x, x + 0.1 * torch.randn_like(x)).backward()
+    optimizer.step()
+    model.after_step(3, 10)
+    m = cosine_schedule(3, 10, 0.996, 1.0)
+    for t0, t1, o in zip(before, target.parameters(), online.parameters()):
+        torch.testing.assert_close(t1, m * t0 + (1 - m) * o.detach())
+    assert any(not torch.equal(t0, t1) for t0, t1 in zip(before, target.parameters())), "target did not move"
+    assert all(not p.requires_grad for p in target.parameters())
+
+
+def test_training_loop_moves_the_byol_target(prepared):
+    from scssl.augment import AugmentationConfig
+    from scssl.train import TrainSettings, train
+
+    model = train(BYOL, BYOL.Params(embedding_dim=8), prepared.X, TrainSettings(epochs=2, batch_size=64, lr=1e-3),
+                  AugmentationConfig())
+    torch.manual_seed(0)  # train() seeds with 0 before building the model: the same initial target
+    initial = BYOL(prepared.X.shape[1], BYOL.Params(embedding_dim=8))
+    moved = [not torch.equal(a, b) for a, b in zip(initial.target_encoder.parameters(),
+                                                   model.target_encoder.parameters())]
+    assert all(moved)
+
+
+def test_memory_queue_is_first_in_first_out():
+    queue = MemoryQueue(size=5, dim=1)
+    queue.enqueue(torch.tensor([[1.0], [2.0], [3.0]]))
+    queue.enqueue(torch.tensor([[4.0], [5.0], [6.0]]))  # 6 replaces the oldest, 1
+    assert queue.bank.squeeze(1).tolist() == [6.0, 2.0, 3.0, 4.0, 5.0]
+    queue.enqueue(torch.tensor([[7.0]]))
+    assert queue.bank.squeeze(1).tolist() == [6.0, 7.0, 3.0, 4.0, 5.0]
+
+
+def test_nearest_neighbour_is_by_cosine():
+    support = torch.tensor([[1.0, 0.0], [0.0, 5.0], [-1.0, -1.0]])
+    query = torch.tensor([[0.1, 3.0], [2.0, 0.1], [-3.0, -2.0]])
+    assert torch.equal(nearest_neighbour(query, support), support[[1, 0, 2]])
+
+
+def test_moco_queues_keys_and_nnclr_queues_view_two():
+    torch.manual_seed(0)
+    x1, x2 = torch.rand(8, 20), torch.rand(8, 20)
+    moco = MoCo(20, MoCo.Params(embedding_dim=4, memory_size=16))
+    moco.loss(x1, x2)
+    keys = moco.key_projector(moco.key_encoder(x2))
+    torch.testing.assert_close(moco.queue.bank[:8], keys.detach())
+    nnclr = NNCLR(20, NNCLR.Params(embedding_dim=4, memory_size=16))
+    nnclr.loss(x1, x2)
+    torch.testing.assert_close(nnclr.support.bank[:8], nnclr.projector(nnclr.encoder(x2)).detach())
+
+
+@pytest.fixture(scope="module")
+def bmmc(tmp_path_factory):
+    from scssl.data import DatasetSpec, prepare, resolve
+
+    return prepare(resolve(DatasetSpec(name="bmmc_cite_starter"), tmp_path_factory.mktemp("d")))
+
+
+@pytest.mark.parametrize("name", [n for n, c in METHODS.items() if c.trainable])
+def test_a_few_epochs_on_real_data_beat_the_untrained_encoder(name, bmmc):
+    from scssl.augment import AugmentationConfig
+    from scssl.evaluate import knn_accuracy, validation_split
+    from scssl.train import TrainSettings, embed, train
+
+    cls = METHODS[name]
+    labels = bmmc.label_codes
+    is_val = validation_split(labels, 0.3, 1000, seed=0)
+    torch.manual_seed(0)
+    untrained = knn_accuracy(embed(cls(bmmc.X.shape[1], cls.Params()), bmmc.X), labels, is_val)
+    model = train(cls, cls.Params(), bmmc.X, TrainSettings(epochs=15, batch_size=128, lr=1e-3), AugmentationConfig())
+    trained = knn_accuracy(embed(model, bmmc.X), labels, is_val)
+    assert trained > untrained + 0.02, f"{name}: kNN accuracy {untrained:.3f} -> {trained:.3f}"

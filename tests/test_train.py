@@ -57,3 +57,18 @@ def test_fit_embedding_pca_baseline_and_ssl(prepared):
     out = fit_embedding("simclr", SimCLR.Params(embedding_dim=6), prepared.X[ref], {"q": prepared.X[query]},
                         TrainSettings(epochs=1), AugmentationConfig(), seed=0)
     assert out["q"].shape == (len(query), 6)
+
+
+def test_training_with_neighbour_augmentations(prepared):
+    from scssl.augment import build_neighbour_graph
+    from scssl.settings import parse
+
+    X = prepared.X[prepared.reference_index]
+    graph = build_neighbour_graph(X, prepared.obs["batch"].to_numpy()[prepared.reference_index])
+    augment = parse(AugmentationConfig, {"preset": "our_pipeline", "bbknn": {"prob": 0.5}}, "test")
+    reports = []
+    train(SimCLR, SimCLR.Params(embedding_dim=8), X, TrainSettings(epochs=2, batch_size=64), augment,
+          on_epoch=lambda m, r: reports.append(r.loss), graph=graph)
+    assert len(reports) == 2 and all(np.isfinite(reports))
+    with pytest.raises(ValueError, match="NeighbourGraph"):
+        train(SimCLR, SimCLR.Params(embedding_dim=8), X, TrainSettings(epochs=1), augment)

@@ -1,6 +1,17 @@
 """Augment layer: batch-wide, on-device augmentations that make the views of SSL methods."""
 
-from scssl.augment.config import AugmentationConfig, GaussianNoise, Masking
-from scssl.augment.ops import Augmenter, gaussian_noise, random_mask
+from scssl.augment.config import (
+    ORDER, PRESETS, AugmentationConfig, BatchBalancedMixing, CrossOver, Dropout, GaussianNoise, InnerSwap, Masking,
+    NegativeBinomialNoise, NeighbourMixing,
+)
+from scssl.augment.neighbours import NeighbourGraph, build_neighbour_graph
+from scssl.augment.ops import (
+    Augmenter, crossover, dropout, gaussian_noise, inner_swap, mix, negative_binomial_noise, random_mask,
+)
 
-__all__ = ["AugmentationConfig", "Augmenter", "GaussianNoise", "Masking", "gaussian_noise", "random_mask"]
+__all__ = [
+    "ORDER", "PRESETS", "AugmentationConfig", "Augmenter", "BatchBalancedMixing", "CrossOver", "Dropout",
+    "GaussianNoise", "InnerSwap", "Masking", "NegativeBinomialNoise", "NeighbourGraph", "NeighbourMixing",
+    "build_neighbour_graph", "crossover", "dropout", "gaussian_noise", "inner_swap", "mix",
+    "negative_binomial_noise", "random_mask",
+]

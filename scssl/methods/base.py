@@ -9,9 +9,12 @@ from pydantic import Field
 from torch import nn
 from typing_extensions import Annotated
 
+from scssl.methods.mechanics import cosine_schedule, ema_update
 from scssl.settings import settings
 
 Positive = Annotated[int, Field(ge=1)]
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+Momentum = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 @settings
@@ -27,8 +30,8 @@ class EncoderParams:
     hidden_dim: Positive = 128
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     projector_layers: Positive = 2
-    projector_hidden_mult: Annotated[float, Field(gt=0.0)] = 1.0
-    projector_out_mult: Annotated[float, Field(gt=0.0)] = 1.0
+    projector_hidden_mult: PositiveFloat = 1.0
+    projector_out_mult: PositiveFloat = 1.0
 
 
 class Encoder(nn.Sequential):
@@ -45,16 +48,17 @@ class Encoder(nn.Sequential):
         )
 
 
-def mlp_head(dims: list[int], batch_norm_last: bool) -> nn.Sequential:
-    """Linear layers through ``dims`` with BN + ReLU between them, and BN after the last if asked."""
+def mlp_head(dims: list[int], hidden_norm: bool = True, last_norm: bool = False,
+             last_norm_affine: bool = True) -> nn.Sequential:
+    """Linear layers through ``dims``: (BN) + ReLU between them, optionally BN after the last."""
     layers: list[nn.Module] = []
     for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
         layers.append(nn.Linear(d_in, d_out))
-        last = i == len(dims) - 2
-        if not last:
-            layers += [nn.BatchNorm1d(d_out), nn.ReLU()]
-        elif batch_norm_last:
-            layers.append(nn.BatchNorm1d(d_out))
+        if i < len(dims) - 2:
+            layers += [nn.BatchNorm1d(d_out)] if hidden_norm else []
+            layers.append(nn.ReLU())
+        elif last_norm:
+            layers.append(nn.BatchNorm1d(d_out, affine=last_norm_affine))
     return nn.Sequential(*layers)
 
 
@@ -63,6 +67,12 @@ def projector_dims(params: EncoderParams) -> list[int]:
     hidden = max(1, round(params.projector_hidden_mult * h))
     out = max(1, round(params.projector_out_mult * h))
     return [h] + [hidden] * (params.projector_layers - 1) + [out]
+
+
+def predictor_dims(params) -> list[int]:
+    """Predictor of SimSiam, NNCLR and BYOL: projector output -> mult x embedding_dim -> projector output."""
+    out = projector_dims(params)[-1]
+    return [out, max(1, round(params.predictor_hidden_mult * params.embedding_dim)), out]
 
 
 class SSLMethod(nn.Module):
@@ -86,3 +96,15 @@ class SSLMethod(nn.Module):
 
     def loss(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(online, target) modules whose target follows the online one by EMA; none by default."""
+        return []
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Called after each optimiser step: moves momentum targets along the cosine EMA schedule."""
+        pairs = self.momentum_pairs()
+        if pairs:
+            momentum = cosine_schedule(step, total_steps, self.params.momentum_start, self.params.momentum_end)
+            for online, target in pairs:
+                ema_update(online, target, momentum)

@@ -42,3 +42,27 @@ def vicreg(
         + var_weight * 0.5 * (variance(z1) + variance(z2))
         + cov_weight * (covariance(z1) + covariance(z2))
     )
+
+
+def nt_xent_with_queue(query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor, temperature: float):
+    """MoCo's InfoNCE: each query must pick its own key among the key and the queued ``negatives``.
+
+    l_i = -log exp(cos(q_i, k_i) / t) / (exp(cos(q_i, k_i) / t) + sum_j exp(cos(q_i, n_j) / t)).
+    """
+    q, k, n = F.normalize(query, dim=1), F.normalize(key, dim=1), F.normalize(negatives, dim=1)
+    logits = torch.cat([(q * k).sum(dim=1, keepdim=True), q @ n.T], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+
+
+def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """-mean cos(p_i, z_i), with no gradient through ``z`` (SimSiam, BYOL)."""
+    return -F.cosine_similarity(p, z.detach(), dim=1).mean()
+
+
+def barlow_twins(z1: torch.Tensor, z2: torch.Tensor, lambda_offdiag: float) -> torch.Tensor:
+    """sum_i (1 - C_ii)^2 + lambda * sum_{i != j} C_ij^2, C the cross-correlation of batch-standardised z."""
+    n = z1.shape[0]
+    c = ((z1 - z1.mean(0)) / z1.std(0)).T @ ((z2 - z2.mean(0)) / z2.std(0)) / n
+    on_diagonal = (1 - torch.diagonal(c)).pow(2).sum()
+    off_diagonal = (c - torch.diag(torch.diagonal(c))).pow(2).sum()
+    return on_diagonal + lambda_offdiag * off_diagonal

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-from typing_extensions import Annotated
-
-from scssl.methods.base import EncoderParams, SSLMethod, mlp_head, projector_dims
+from scssl.methods.base import EncoderParams, PositiveFloat, SSLMethod, mlp_head, projector_dims
 from scssl.methods.losses import nt_xent
 from scssl.settings import settings
 
@@ -14,7 +11,7 @@ from scssl.settings import settings
 class SimCLRParams(EncoderParams):
     """Projector Lin-BN-ReLU-Lin-BN, h -> h -> h (lightly ``SimCLRProjectionHead(64, 64, 64)``)."""
 
-    temperature: Annotated[float, Field(gt=0.0)] = 0.5
+    temperature: PositiveFloat = 0.5
 
 
 class SimCLR(SSLMethod):
@@ -25,7 +22,7 @@ class SimCLR(SSLMethod):
 
     def __init__(self, n_genes: int, params: SimCLRParams):
         super().__init__(n_genes, params)
-        self.projector = mlp_head(projector_dims(params), batch_norm_last=True)
+        self.projector = mlp_head(projector_dims(params), last_norm=True)
 
     def loss(self, view1, view2):
         z1 = self.projector(self.encoder(view1))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from typing_extensions import Annotated
 
-from scssl.methods.base import EncoderParams, SSLMethod, mlp_head, projector_dims
+from scssl.methods.base import EncoderParams, PositiveFloat, SSLMethod, mlp_head, projector_dims
 from scssl.methods.losses import vicreg
 from scssl.settings import settings
 
@@ -19,7 +19,7 @@ class VICRegParams(EncoderParams):
     The study's code forced var_weight = sim_weight and cov_weight = 1; here all three are settable.
     """
 
-    projector_out_mult: Annotated[float, Field(gt=0.0)] = 4.0
+    projector_out_mult: PositiveFloat = 4.0
     sim_weight: Weight = 5.0
     var_weight: Weight = 5.0
     cov_weight: Weight = 1.0
@@ -33,7 +33,7 @@ class VICReg(SSLMethod):
 
     def __init__(self, n_genes: int, params: VICRegParams):
         super().__init__(n_genes, params)
-        self.projector = mlp_head(projector_dims(params), batch_norm_last=False)
+        self.projector = mlp_head(projector_dims(params))
 
     def loss(self, view1, view2):
         p = self.params

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import scipy.sparse as sp
 
-from scssl.augment import AugmentationConfig
+from scssl.augment import AugmentationConfig, NeighbourGraph
 from scssl.methods import get_method
 from scssl.train.loop import EpochReport, NonFiniteLossError, TrainSettings, embed, resolve_device, train
 
@@ -21,13 +21,17 @@ def fit_embedding(
     augment: AugmentationConfig,
     seed: int,
     on_epoch: Callable | None = None,
+    graph: NeighbourGraph | None = None,
 ) -> dict[str, np.ndarray]:
-    """Fit ``method`` on ``X_train`` and embed each matrix of ``X_embed`` (same keys in the result)."""
+    """Fit ``method`` on ``X_train`` and embed each matrix of ``X_embed`` (same keys in the result).
+
+    ``graph`` holds the neighbours of ``X_train``'s rows, for the BBKNN and MNN augmentations.
+    """
     cls = get_method(method)
     if not cls.trainable:
         baseline = cls(params, seed=seed).fit(X_train)
         return {key: baseline.embed(X) for key, X in X_embed.items()}
-    model = train(cls, params, X_train, train_settings, augment, seed, on_epoch)
+    model = train(cls, params, X_train, train_settings, augment, seed, on_epoch, graph)
     return {key: embed(model, X) for key, X in X_embed.items()}
 
 

@@ -18,7 +18,7 @@ import torch
 from pydantic import Field
 from typing_extensions import Annotated
 
-from scssl.augment import AugmentationConfig, Augmenter
+from scssl.augment import AugmentationConfig, Augmenter, NeighbourGraph
 from scssl.data import CellMatrix
 from scssl.methods import SSLMethod
 from scssl.settings import settings
@@ -65,30 +65,37 @@ def train(
     augment: AugmentationConfig,
     seed: int = 0,
     on_epoch: Callable[[SSLMethod, EpochReport], None] | None = None,
+    graph: NeighbourGraph | None = None,
 ) -> SSLMethod:
-    """Train ``method_cls(params)`` on the cells of ``X`` and return the model (in eval mode)."""
+    """Train ``method_cls(params)`` on the cells of ``X`` and return the model (in eval mode).
+
+    ``graph`` (the neighbours of the rows of ``X``) is needed by the BBKNN and MNN augmentations.
+    """
     device = resolve_device(settings.device)
     torch.manual_seed(seed)
     cells = CellMatrix(X, device)
     model = method_cls(cells.n_genes, params).to(device)
-    augmenter = Augmenter(augment, device, seed)
+    augmenter = Augmenter(augment, device, seed, rows=cells.rows, graph=graph)
     order = torch.Generator(device="cpu").manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 10, 0.1) if settings.schedule == "step" else None
 
     batch_size = min(settings.batch_size, cells.n_cells)
     n_batches = cells.n_cells // batch_size  # drop_last, as the study: no tiny last batch for BatchNorm
+    total_steps, step = settings.epochs * n_batches, 0
     for epoch in range(1, settings.epochs + 1):
         started = time.perf_counter()
         model.train()
         permutation = torch.randperm(cells.n_cells, generator=order).to(device)
         total = torch.zeros((), device=device)
         for b in range(n_batches):
-            x = cells.rows(permutation[b * batch_size : (b + 1) * batch_size])
-            loss = model.loss(*augmenter(x))
+            idx = permutation[b * batch_size : (b + 1) * batch_size]
+            loss = model.loss(*augmenter(cells.rows(idx), idx))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            step += 1
+            model.after_step(step, total_steps)
             total += loss.detach()
         mean_loss = float(total) / n_batches
         if not math.isfinite(mean_loss):

@@ -54,13 +54,13 @@ def run_job(data, job: RetrainJob, train: TrainSettings, augment: AugmentationCo
     if job.task == "cell_typing":
         ref, query = ds.reference_index, ds.query_index
         emb = fit_embedding(job.method, trial.params, ds.X[ref], {"ref": ds.X[ref], "query": ds.X[query]},
-                            trial.train, trial.augment, job.seed)
+                            trial.train, trial.augment, job.seed, graph=shared.reference_graph)
         metrics = knn_cell_typing(emb["ref"], labels[ref], emb["query"], labels[query])
         embedding = np.empty((ds.n_cells, emb["ref"].shape[1]), dtype=np.float32)
         embedding[ref], embedding[query] = emb["ref"], emb["query"]
     else:
         embedding = fit_embedding(job.method, trial.params, ds.X, {"all": ds.X}, trial.train, trial.augment,
-                                  job.seed)["all"]
+                                  job.seed, graph=shared.all_graph)["all"]
         metrics = scib_scores(embedding, ds.obs["batch"].to_numpy(), labels, shared.pre_integration, n_jobs=threads)
     return metrics, embedding
 

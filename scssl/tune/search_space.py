@@ -57,6 +57,13 @@ class SearchSpace:
     source: Path
     entries: dict[tuple[str, ...], Any]
 
+    def may_exceed_zero(self, path: tuple[str, ...]) -> bool:
+        """Whether a trial may set ``path`` above zero (e.g. switch an augmentation on)."""
+        value = self.entries.get(path)
+        if value is None:
+            return False
+        return max(value.extremes() if isinstance(value, Domain) else [value]) > 0
+
     def param_space(self) -> dict:
         """Nested dict of Ray Tune domains, the ``param_space`` of a Tuner."""
         space: dict = {}

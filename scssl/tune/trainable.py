@@ -9,7 +9,7 @@ import ray
 import torch
 from ray import tune
 
-from scssl.augment import AugmentationConfig
+from scssl.augment import AugmentationConfig, NeighbourGraph, build_neighbour_graph
 from scssl.data import PreparedDataset
 from scssl.evaluate import knn_accuracy, validation_split
 from scssl.methods import PCABaseline, get_method
@@ -26,20 +26,30 @@ class SharedData:
 
     ``is_validation`` marks the fixed validation cells among the *reference* cells; ``pre_integration``
     is the PCA (50 components) of the preprocessed expression of all cells, for PCR comparison.
+    ``reference_graph`` and ``all_graph`` are the neighbour graphs of the reference cells and of all
+    cells, built only when a BBKNN or MNN augmentation may be used.
     """
 
     dataset: PreparedDataset
     is_validation: np.ndarray
     pre_integration: np.ndarray
+    reference_graph: NeighbourGraph | None = None
+    all_graph: NeighbourGraph | None = None
 
     @classmethod
-    def build(cls, dataset: PreparedDataset, tune_settings: TuneSettings) -> "SharedData":
-        labels = dataset.label_codes[dataset.reference_index]
+    def build(cls, dataset: PreparedDataset, tune_settings: TuneSettings, with_graphs: bool) -> "SharedData":
+        reference = dataset.reference_index
         is_validation = validation_split(
-            labels, tune_settings.validation_fraction, tune_settings.validation_max_cells, tune_settings.seed
+            dataset.label_codes[reference], tune_settings.validation_fraction,
+            tune_settings.validation_max_cells, tune_settings.seed,
         )
         pre = PCABaseline(PCABaseline.Params(n_components=50)).fit(dataset.X).embed(dataset.X)
-        return cls(dataset, is_validation, pre)
+        if not with_graphs:
+            return cls(dataset, is_validation, pre)
+        batches = dataset.obs["batch"].to_numpy()
+        return cls(dataset, is_validation, pre,
+                   build_neighbour_graph(dataset.X[reference], batches[reference]),
+                   build_neighbour_graph(dataset.X, batches))
 
 
 def run_trial(
@@ -64,4 +74,5 @@ def run_trial(
         accuracy = knn_accuracy(embed(model, X), labels, shared.is_validation)
         tune.report({"epoch": epoch.epoch, "loss": epoch.loss, "epoch_seconds": epoch.seconds, METRIC: accuracy})
 
-    train(method_cls, trial.params, X, trial.train, trial.augment, seed=seed, on_epoch=report)
+    train(method_cls, trial.params, X, trial.train, trial.augment, seed=seed, on_epoch=report,
+          graph=shared.reference_graph)
