@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from scssl.augment import (
-    AugmentationConfig, Augmenter, build_neighbour_graph, crossover, dropout, gaussian_noise, inner_swap, mix,
+    AugmentationConfig, Augmenter, bernoulli_flat, build_neighbour_graph, crossover, dropout, gaussian_noise, inner_swap, mix,
     negative_binomial_noise, random_mask,
 )
 from scssl.data import CellMatrix, make_synthetic
@@ -16,21 +16,37 @@ def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
+def _all(x):
+    return torch.arange(len(x))
+
+
 def _only(**sections) -> AugmentationConfig:
     """The base preset (everything off) with the given augmentations switched on."""
     return parse(AugmentationConfig, {"preset": "base", **sections}, "test")
 
 
+@pytest.mark.parametrize("rate", [0.0, 0.05, 0.3, 0.5, 0.7, 0.95, 1.0])
+def test_bernoulli_coordinates_are_exact_bernoulli(rate):
+    [flat] = bernoulli_flat(2000, rate, _gen(), torch.arange(300) * 2000)
+    grid = torch.zeros(300 * 2000).index_add_(0, flat, torch.ones(len(flat))).view(300, 2000)
+    assert grid.max() <= 1  # no coordinate twice
+    assert abs(grid.mean().item() - rate) < 0.005
+    per_row = grid.sum(dim=1)
+    assert abs(per_row.var().item() - 2000 * rate * (1 - rate)) <= 0.25 * 2000 * rate * (1 - rate) + 1e-9
+    lag = (grid[:, 1:] * grid[:, :-1]).mean().item()  # neighbouring genes independent
+    assert abs(lag - rate**2) < 0.005
+
+
 @pytest.mark.parametrize("rate", [0.1, 0.2, 0.5, 0.8])
 def test_masking_zeroes_the_stated_fraction(rate):
     x = torch.rand(256, 1000) + 1.0  # no zeros before masking
-    zeroed = (random_mask(x, rate, _gen()) == 0).float().mean().item()
+    zeroed = (random_mask(x.clone(), _all(x), rate, _gen()) == 0).float().mean().item()
     assert abs(zeroed - rate) < 0.02
 
 
 def test_gaussian_noise_hits_rate_with_sigma():
     x = torch.ones(256, 1000)
-    out = gaussian_noise(x, 0.5, 0.3, _gen())
+    out = gaussian_noise(x.clone(), _all(x), 0.5, 0.3, _gen())
     changed = out != x
     assert abs(changed.float().mean().item() - 0.3) < 0.02
     assert abs((out - x)[changed].std().item() - 0.5) < 0.02
@@ -39,22 +55,36 @@ def test_gaussian_noise_hits_rate_with_sigma():
 @pytest.mark.parametrize("rate", [0.1, 0.3, 0.6])
 def test_inner_swap_moves_the_stated_fraction_within_each_cell(rate):
     x = torch.rand(256, 1000)
-    out = inner_swap(x, rate, _gen())
-    moved = (out != x).float().sum(dim=1)
-    assert (moved == 2 * int(1000 * rate // 2)).all()
+    out = inner_swap(x.clone(), _all(x), rate, _gen())
+    moved = (out != x).float().mean().item()
+    pairs = int(1000 * rate // 2)
+    expected = 2 * pairs / 1000 * (1 - 2 / 1000) ** (2 * pairs - 2)  # a pair is kept if neither gene is drawn again
+    assert abs(moved - expected) < 0.01
     assert torch.equal(out.sort(dim=1).values, x.sort(dim=1).values)  # values only move within the cell
 
 
 def test_crossover_takes_the_stated_fraction_from_the_donor():
     x, donors = torch.rand(256, 1000), torch.rand(256, 1000)
-    out = crossover(x, donors, 0.25, _gen())
+    out = crossover(x.clone(), _all(x), donors, _all(x), 0.25, _gen())
     from_donor = (out == donors).float().mean().item()
     assert abs(from_donor - 0.25) < 0.02 and torch.equal(torch.where(out == donors, x, out), x)
 
 
+def test_ops_change_only_the_given_cells():
+    x = torch.rand(50, 300) + 1.0
+    rows = torch.tensor([3, 17, 40])
+    for op in (lambda v: random_mask(v, rows, 0.5, _gen()), lambda v: gaussian_noise(v, rows, 1.0, 0.5, _gen()),
+               lambda v: inner_swap(v, rows, 0.5, _gen()), lambda v: dropout(v, rows, 0.5, _gen()),
+               lambda v: crossover(v, rows, torch.zeros(3, 300), torch.arange(3), 0.5, _gen()),
+               lambda v: negative_binomial_noise(v, rows, 0.5, _gen())):
+        out = op(x.clone())
+        changed = torch.nonzero((out != x).any(dim=1)).squeeze(1)
+        assert torch.equal(changed, rows)
+
+
 def test_dropout_zeroes_and_rescales():
     x = torch.rand(256, 1000) + 1.0
-    out = dropout(x, 0.3, _gen())
+    out = dropout(x.clone(), _all(x), 0.3, _gen())
     kept = out != 0
     assert abs(1 - kept.float().mean().item() - 0.3) < 0.02
     torch.testing.assert_close(out[kept], x[kept] / 0.7)
@@ -62,9 +92,9 @@ def test_dropout_zeroes_and_rescales():
 
 def test_negative_binomial_noise_adds_scaled_nonnegative_noise():
     x = torch.rand(128, 500)
-    out = negative_binomial_noise(x, 0.2, _gen())
+    out = negative_binomial_noise(x.clone(), _all(x), 0.2, _gen())
     assert (out >= 0).all() and (out >= x - 1e-6).all()
-    assert torch.equal(negative_binomial_noise(x, 0.0, _gen()), x)
+    assert torch.equal(negative_binomial_noise(x.clone(), _all(x), 0.0, _gen()), x)
     added = (out - x) / 0.2  # log1p of counts normalised to 1e4 per cell
     assert torch.allclose(torch.expm1(added).sum(dim=1), torch.full((128,), 1e4), rtol=1e-3)
 

@@ -211,6 +211,6 @@ def test_a_few_epochs_on_real_data_beat_the_untrained_encoder(name, bmmc):
     is_val = validation_split(labels, 0.3, 1000, seed=0)
     torch.manual_seed(0)
     untrained = knn_accuracy(embed(cls(bmmc.X.shape[1], cls.Params()), bmmc.X), labels, is_val)
-    model = train(cls, cls.Params(), bmmc.X, TrainSettings(epochs=15, batch_size=128, lr=1e-3), AugmentationConfig())
+    model = train(cls, cls.Params(), bmmc.X, TrainSettings(epochs=30, batch_size=128, lr=1e-3), AugmentationConfig())
     trained = knn_accuracy(embed(model, bmmc.X), labels, is_val)
     assert trained > untrained + 0.02, f"{name}: kNN accuracy {untrained:.3f} -> {trained:.3f}"

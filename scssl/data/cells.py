@@ -29,16 +29,15 @@ class CellMatrix:
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
         if not self.sparse:
             return self._dense[idx]
-        starts, ends = self._indptr[idx], self._indptr[idx + 1]
-        counts = ends - starts
+        starts = self._indptr[idx]
+        counts = self._indptr[idx + 1] - starts
         nnz = int(counts.sum())
+        # position in the CSR arrays of each stored value of the selected rows, and its row in the batch
+        shift = torch.repeat_interleave(starts - (torch.cumsum(counts, 0) - counts), counts, output_size=nnz)
+        pos = torch.arange(nnz, device=self.device) + shift
         row = torch.repeat_interleave(torch.arange(len(idx), device=self.device), counts, output_size=nnz)
-        first_of_row = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts, output_size=nnz)
-        pos = torch.repeat_interleave(starts, counts, output_size=nnz) + (
-            torch.arange(nnz, device=self.device) - first_of_row
-        )
         out = torch.zeros(len(idx), self.n_genes, device=self.device)
-        out[row, self._indices[pos]] = self._values[pos]
+        out.view(-1).index_put_((row * self.n_genes + self._indices[pos],), self._values[pos])
         return out
 
     def batches(self, batch_size: int):

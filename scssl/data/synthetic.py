@@ -41,9 +41,13 @@ def make_synthetic(
         return rng.poisson(rng.gamma(dispersion, mean / dispersion)).astype(np.float32)
 
     batch_shift = rng.normal(0.0, batch_effect, size=(n_batches, n_genes))
-    log_mean = type_profiles(n_genes)[cell_type] + batch_shift[batch]
+    profiles = type_profiles(n_genes)
     library = rng.lognormal(np.log(mean_library_size), 0.3, size=n_cells)
-    counts = sp.csr_matrix(nb_counts(log_mean, library))
+    chunks = [  # a thousand cells at a time, so that large data sets never exist densely
+        sp.csr_matrix(nb_counts(profiles[cell_type[s]] + batch_shift[batch[s]], library[s]))
+        for s in (slice(i, i + 1000) for i in range(0, n_cells, 1000))
+    ]
+    counts = sp.vstack(chunks, format="csr")
 
     obs = pd.DataFrame(
         {

@@ -1,0 +1,127 @@
+"""Training throughput of every SSL method, and how much of a step is not network work.
+
+For each method, on a synthetic data set (default 20,000 cells x 4,000 genes, dense and sparse input)
+with the clear_pipeline augmentations:
+
+- cells_per_s: cells per second over a training epoch of the real loop (mini-batch cut from the
+  matrix, both views augmented on the device, forward, backward, optimiser step, momentum update);
+- bare_cells_per_s: the same model's network work alone on inputs augmented in advance (every
+  forward pass the method needs, target and momentum networks included, the backward pass, the
+  optimiser step and the EMA update);
+- overhead_ratio = bare_cells_per_s / cells_per_s (full step time over bare network time);
+- peak_rss_mb: the peak resident memory of the process that measured the method.
+
+Each method runs in its own process so that peak memory is its own. Prints a Markdown table;
+``--json PATH`` also writes the figures (one object per method and input).
+
+    python benchmarks/train_throughput.py                 # all methods, dense and sparse
+    python benchmarks/train_throughput.py --methods simclr byol --cells 5000 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+
+def measure(method: str, sparse: bool, cells: int, genes: int, epochs: int, device: str) -> dict:
+    import numpy as np
+    import scipy.sparse as sp
+    import torch
+
+    from scssl.augment import AugmentationConfig, Augmenter
+    from scssl.data import CellMatrix, make_synthetic
+    from scssl.methods import get_method
+    from scssl.train import TrainSettings, resolve_device, train
+
+    counts = make_synthetic(n_cells=cells, n_genes=genes, n_batches=4, n_cell_types=10, seed=0).X
+    X = sp.csr_matrix(counts.multiply(1e4 / counts.sum(axis=1)).log1p(), dtype=np.float32)
+    if not sparse:
+        X = X.toarray()
+    cls = get_method(method)
+    settings = TrainSettings(epochs=epochs, batch_size=256, device=device)
+    augment = AugmentationConfig()  # clear_pipeline
+
+    epoch_seconds = []
+    train(cls, cls.Params(), X, settings, augment, seed=0, on_epoch=lambda m, r: epoch_seconds.append(r.seconds))
+    steps = cells // 256
+    cells_per_s = steps * 256 / min(epoch_seconds[1:] or epoch_seconds)
+
+    # The same network work on views augmented in advance.
+    dev = resolve_device(device)
+    torch.manual_seed(0)
+    model = cls(genes, cls.Params()).to(dev).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    matrix, augmenter = CellMatrix(X, dev), Augmenter(augment, dev, seed=0)
+    n_bare = min(steps, 40)
+    views = [augmenter(matrix.rows(torch.arange(b * 256, (b + 1) * 256, device=dev))) for b in range(n_bare)]
+
+    def network_work(rounds: int) -> None:
+        for _ in range(rounds):
+            for step, (v1, v2) in enumerate(views, start=1):
+                loss = model.loss(v1, v2)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                model.after_step(step, n_bare)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    network_work(1)  # warm-up
+    started = time.perf_counter()
+    network_work(2)
+    bare_cells_per_s = 2 * n_bare * 256 / (time.perf_counter() - started)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"method": method, "input": "sparse" if sparse else "dense", "cells": cells, "genes": genes,
+            "device": str(dev), "cells_per_s": round(cells_per_s, 1), "bare_cells_per_s": round(bare_cells_per_s, 1),
+            "overhead_ratio": round(bare_cells_per_s / cells_per_s, 3), "peak_rss_mb": round(peak, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", nargs="*", help="default: every SSL method")
+    parser.add_argument("--inputs", nargs="*", default=["dense", "sparse"], choices=["dense", "sparse"])
+    parser.add_argument("--cells", type=int, default=20000)
+    parser.add_argument("--genes", type=int, default=4000)
+    parser.add_argument("--epochs", type=int, default=2, help="the fastest epoch after the first counts")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", help="write the figures to this JSON file")
+    parser.add_argument("--one", nargs=2, metavar=("METHOD", "INPUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.one:
+        print(json.dumps(measure(args.one[0], args.one[1] == "sparse", args.cells, args.genes, args.epochs,
+                                 args.device)))
+        return
+
+    from scssl.methods import METHODS
+
+    methods = args.methods or [name for name, cls in METHODS.items() if cls.trainable]
+    rows = []
+    for method in methods:
+        for kind in args.inputs:
+            command = [sys.executable, __file__, "--one", method, kind, "--cells", str(args.cells),
+                       "--genes", str(args.genes), "--epochs", str(args.epochs), "--device", args.device]
+            out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+            r = rows[-1]
+            print(f"{method} ({kind}): {r['cells_per_s']:.0f} cells/s, bare {r['bare_cells_per_s']:.0f}, "
+                  f"overhead {r['overhead_ratio']:.2f}", file=sys.stderr, flush=True)
+
+    print(f"\n{args.cells} cells x {args.genes} genes, batch 256, clear_pipeline, device {rows[0]['device']}\n")
+    print("| method | input | cells/s | bare cells/s | overhead_ratio | peak RSS (MB) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['method']} | {r['input']} | {r['cells_per_s']:.0f} | {r['bare_cells_per_s']:.0f} | "
+              f"{r['overhead_ratio']:.2f} | {r['peak_rss_mb']:.0f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

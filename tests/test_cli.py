@@ -1,0 +1,17 @@
+from scssl.cli import main
+from scssl.methods import METHODS
+
+
+def test_methods_lists_every_method_with_parameters_and_defaults(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in ("pca", "simclr", "moco", "simsiam", "nnclr", "byol", "barlow_twins", "vicreg"):
+        assert f"{name} (" in out
+    assert len(METHODS) == 8
+    assert "    memory_size = 2048" in out and "    lambda_offdiag = 0.005" in out
+    assert "    momentum_start = 0.996" in out and "    temperature = 0.5" in out
+
+
+def test_datasets_lists_the_builtin(capsys):
+    assert main(["datasets"]) == 0
+    assert "bmmc_cite_starter" in capsys.readouterr().out
