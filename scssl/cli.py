@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_argument("--address", help="address of a running Ray cluster (default: start local Ray)")
     commands.add_parser("methods", help="list the methods and their hyper-parameters with defaults")
     commands.add_parser("datasets", help="list the built-in data sets")
+    check = commands.add_parser("check-cluster", help="validate a `ray up` cluster file offline")
+    check.add_argument("cluster", help="cluster YAML file, e.g. cluster.yaml")
     args = parser.parse_args(argv)
 
     if args.command == "methods":
@@ -51,6 +53,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "datasets":
         _datasets()
+        return 0
+    if args.command == "check-cluster":
+        from scssl.tune.cluster import check_cluster_config
+
+        try:
+            prepared = check_cluster_config(args.cluster)
+        except ConfigError as err:
+            print(f"scssl: error: {err}", file=sys.stderr)
+            return 2
+        types = ", ".join(f"{name} {spec.get('resources', {})}" for name, spec in prepared["available_node_types"].items())
+        print(f"{args.cluster}: valid Ray cluster config ({types})")
         return 0
     from scssl.experiment import load_experiment
     from scssl.study import run_study
