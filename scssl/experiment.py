@@ -102,6 +102,8 @@ def load_experiment(path: str | Path, output_dir: str | None = None, tracking_ur
             if not file.is_file():
                 raise ConfigError(f"{path}: search_spaces: no search space {file} for method {name!r}")
             spaces[name] = load_search_space(file, cls)
+            if config.tune.search == "grid":
+                spaces[name].check_grid()
 
     if output_dir is not None:
         study_dir = Path(output_dir).resolve()

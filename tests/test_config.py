@@ -117,3 +117,19 @@ def test_augment_preset_in_experiment_and_neighbour_detection(tmp_path):
     assert load_experiment(_experiment(tmp_path, search_spaces=str(space_dir))).uses_neighbours
     with pytest.raises(ConfigError, match="augment.preset"):
         load_experiment(_experiment(tmp_path, augment={"preset": "clear"}))
+
+
+def test_grid_search_needs_choices_and_expands_them(tmp_path):
+    space_dir = tmp_path / "spaces"
+    space_dir.mkdir()
+    _write(space_dir / "simclr.yaml", {"method": {"temperature": {"choice": [0.1, 0.5]},
+                                                  "embedding_dim": {"choice": [16, 32, 64]}},
+                                       "train": {"lr": 0.001}})
+    exp = load_experiment(_experiment(tmp_path, search_spaces=str(space_dir), tune={"search": "grid"}))
+    space = exp.search_spaces["simclr"]
+    assert space.grid_size() == 6
+    grid = space.param_space(grid=True)
+    assert grid["method"]["temperature"] == {"grid_search": [0.1, 0.5]} and grid["train"]["lr"] == 0.001
+    _write(space_dir / "simclr.yaml", {"method": {"temperature": {"loguniform": [0.1, 1.0]}}})
+    with pytest.raises(ConfigError, match="method.temperature: grid search needs `choice` values"):
+        load_experiment(_experiment(tmp_path, search_spaces=str(space_dir), tune={"search": "grid"}))

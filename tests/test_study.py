@@ -92,3 +92,34 @@ def test_bad_experiment_is_a_clear_cli_error(tmp_path, capsys):
     assert main(["run", str(bad)]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "datasets" in err
+
+
+def test_a_nan_trial_is_recorded_as_failed_and_the_study_goes_on(tmp_path, synthetic_h5ad):
+    spaces = tmp_path / "spaces"
+    spaces.mkdir()
+    # temperature 1e-40 overflows the logits: the loss is NaN in the first epoch
+    (spaces / "simclr.yaml").write_text(yaml.safe_dump({"method": {"temperature": {"choice": [0.5, 1e-40]}}}))
+    experiment = tmp_path / "nan.yaml"
+    experiment.write_text(yaml.safe_dump({
+        "name": "nan", "output_dir": "out", "search_spaces": str(spaces),
+        "datasets": [{"path": str(synthetic_h5ad), "batch_key": "batch", "labels_key": "cell_type",
+                      "counts_layer": "counts", "query_batches": ["batch2"], "n_hvgs": 200}],
+        "methods": ["simclr"], "tasks": ["cell_typing"],
+        "train": {"epochs": 2, "batch_size": 64},
+        "tune": {"search": "grid", "num_samples": 1, "grace_period": 2},
+        "final": {"seeds": [0]},
+    }))
+    assert main(["run", str(experiment)]) == 0
+    client = MlflowClient(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
+    runs = _runs_of(client, "nan", "tune")
+    by_status = {r.info.status: r for r in runs}
+    assert sorted(by_status) == ["FAILED", "FINISHED"]
+    assert "loss is nan in epoch 1" in by_status["FAILED"].data.tags["scssl.error"]
+    assert by_status["FINISHED"].data.params["method.temperature"] == "0.5"
+    [retrain] = _runs_of(client, "nan", "retrain")
+    assert retrain.info.status == "FINISHED" and '"temperature": 0.5' in retrain.data.tags["scssl.config"]
+
+
+def _runs_of(client, experiment, stage):
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], f"tags.`scssl.stage` = '{stage}'")

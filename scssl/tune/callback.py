@@ -8,6 +8,7 @@ carry the study's tags (data set, method, trial id, the sampled config) that the
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from ray.tune import Callback
 
@@ -58,13 +59,25 @@ class MLflowTrialCallback(Callback):
                               f"val_knn_accuracy {result.get('val_knn_accuracy', float('nan')):.3f}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        """A failed trial (a crash, or a loss that became NaN) is a FAILED run tagged with the reason."""
+        reason = _last_error_line(trial)
         run_id = self.run_ids.get(trial.trial_id)
         if run_id is not None:
-            self.tracker.set_tags(run_id, {"scssl.error": str(trial.error_file or "see Ray logs")})
+            self.tracker.set_tags(run_id, {"scssl.error": reason[:4000]})
             self.tracker.end_run(run_id, "FAILED")
-        self._progress(trial, "FAILED")
+        self._progress(trial, f"FAILED: {reason}")
 
     def _progress(self, trial, what: str) -> None:
         self.done += 1
         print(f"[tune] {self.dataset}/{self.method_cls.name}: trial {self.done}/{self.num_samples} "
               f"({trial.trial_id}) {what}", flush=True)
+
+
+def _last_error_line(trial) -> str:
+    """The exception line of a failed trial (e.g. 'NonFiniteLossError: simclr: loss is nan in epoch 3')."""
+    error = trial.get_pickled_error()
+    text = str(error) if error is not None else ""
+    if not text and trial.error_file and Path(trial.error_file).is_file():
+        text = Path(trial.error_file).read_text()
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "unknown error (see the Ray logs)"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import optuna
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from scssl.experiment import Experiment
@@ -26,14 +28,17 @@ def tune_method(experiment: Experiment, dataset: str, data_ref, method: str, tra
         ),
         {"cpu": cfg.tune.cpus_per_trial, "gpu": cfg.tune.gpus_per_trial},
     )
-    print(f"[tune] {dataset}/{method}: {cfg.tune.num_samples} trials, up to {cfg.train.epochs} epochs each",
+    space = experiment.search_spaces[method]
+    grid = cfg.tune.search == "grid"
+    n_trials = cfg.tune.num_samples * (space.grid_size() if grid else 1)
+    print(f"[tune] {dataset}/{method}: {n_trials} trials ({cfg.tune.search}), up to {cfg.train.epochs} epochs each",
           flush=True)
     tuner = tune.Tuner(
         trainable,
-        param_space=experiment.search_spaces[method].param_space(),
+        param_space=space.param_space(grid=grid),
         tune_config=tune.TuneConfig(
             metric=METRIC, mode=MODE, num_samples=cfg.tune.num_samples,
-            search_alg=OptunaSearch(seed=cfg.tune.seed),
+            search_alg=_searcher(cfg.tune.search, cfg.tune.seed),
             scheduler=ASHAScheduler(
                 time_attr="training_iteration", max_t=cfg.train.epochs,
                 grace_period=min(cfg.tune.grace_period, cfg.train.epochs),
@@ -44,12 +49,19 @@ def tune_method(experiment: Experiment, dataset: str, data_ref, method: str, tra
         run_config=tune.RunConfig(
             name=f"{dataset}__{method}",
             storage_path=str(experiment.study_dir / "ray_results"),
-            callbacks=[MLflowTrialCallback(tracker, dataset, method_cls, cfg.train, cfg.augment,
-                                           cfg.tune.num_samples)],
+            callbacks=[MLflowTrialCallback(tracker, dataset, method_cls, cfg.train, cfg.augment, n_trials)],
             verbose=0,
         ),
     )
     tuner.fit()
+
+
+def _searcher(kind: str, seed: int):
+    if kind == "tpe":
+        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed))
+    if kind == "random":
+        return OptunaSearch(sampler=optuna.samplers.RandomSampler(seed=seed))
+    return BasicVariantGenerator(random_state=seed)  # grid: every combination, in order
 
 
 def best_trial(tracker: Tracker, dataset: str, method: str):

@@ -34,7 +34,9 @@ class Domain:
     kind: str
     args: tuple
 
-    def to_tune(self):
+    def to_tune(self, grid: bool = False):
+        if grid:
+            return tune.grid_search(list(self.args))
         if self.kind == "uniform":
             return tune.uniform(*self.args)
         if self.kind == "loguniform":
@@ -64,15 +66,31 @@ class SearchSpace:
             return False
         return max(value.extremes() if isinstance(value, Domain) else [value]) > 0
 
-    def param_space(self) -> dict:
-        """Nested dict of Ray Tune domains, the ``param_space`` of a Tuner."""
+    def param_space(self, grid: bool = False) -> dict:
+        """Nested dict of Ray Tune domains, the ``param_space`` of a Tuner; with ``grid``, every
+        ``choice`` becomes a grid axis (other domains are refused: see ``check_grid``)."""
+        if grid:
+            self.check_grid()
         space: dict = {}
         for path, value in self.entries.items():
             node = space
             for key in path[:-1]:
                 node = node.setdefault(key, {})
-            node[path[-1]] = value.to_tune() if isinstance(value, Domain) else value
+            node[path[-1]] = value.to_tune(grid) if isinstance(value, Domain) else value
         return space
+
+    def check_grid(self) -> None:
+        for path, value in self.entries.items():
+            if isinstance(value, Domain) and value.kind != "choice":
+                raise ConfigError(f"{self.source}: {'.'.join(path)}: grid search needs `choice` values, "
+                                  f"got {value.kind}")
+
+    def grid_size(self) -> int:
+        size = 1
+        for value in self.entries.values():
+            if isinstance(value, Domain):
+                size *= len(value.args)
+        return size
 
 
 def section_classes(method_cls: type) -> dict[str, type]:

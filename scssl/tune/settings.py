@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import field
+from typing import Literal
 
 from pydantic import Field
 from typing_extensions import Annotated
@@ -14,13 +15,16 @@ from scssl.settings import settings
 class TuneSettings:
     """Budget and resources of the search.
 
-    ``num_samples`` trials per method and data set; Optuna TPE (seeded by ``seed``) proposes them and
-    ASHA stops the weak ones after ``grace_period`` epochs, keeping 1 / ``reduction_factor`` at each rung.
+    ``num_samples`` trials per method and data set, proposed by ``search``: ``tpe`` (Optuna's TPE,
+    seeded by ``seed``), ``random`` (seeded), or ``grid`` (every combination of the search space's
+    ``choice`` values, ``num_samples`` times). ASHA stops the weak trials after ``grace_period``
+    epochs, keeping 1 / ``reduction_factor`` at each rung.
     The objective is the kNN accuracy (k = 11) of a fixed ``validation_fraction`` of reference cells
     (at most ``validation_max_cells``), classified by the other reference cells, after each epoch.
     """
 
     num_samples: Annotated[int, Field(ge=1)] = 8
+    search: Literal["tpe", "random", "grid"] = "tpe"
     seed: int = 0
     grace_period: Annotated[int, Field(ge=1)] = 2
     reduction_factor: Annotated[int, Field(ge=2)] = 2
