@@ -123,3 +123,50 @@ def test_a_nan_trial_is_recorded_as_failed_and_the_study_goes_on(tmp_path, synth
 def _runs_of(client, experiment, stage):
     exp = client.get_experiment_by_name(experiment)
     return client.search_runs([exp.experiment_id], f"tags.`scssl.stage` = '{stage}'")
+
+
+def test_a_study_against_a_real_mlflow_server(tmp_path, synthetic_h5ad):
+    """HTTP tracking with a database backend, as on a cluster head: every trial and retrain is there."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--serve-artifacts", "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        experiment = tmp_path / "remote.yaml"
+        experiment.write_text(yaml.safe_dump({
+            "name": "remote", "output_dir": "out", "search_spaces": str(ROOT / "search_spaces"),
+            "datasets": [{"path": str(synthetic_h5ad), "batch_key": "batch", "labels_key": "cell_type",
+                          "counts_layer": "counts", "query_batches": ["batch2"], "n_hvgs": 200}],
+            "methods": ["simclr"], "tasks": ["cell_typing"],
+            "train": {"epochs": 2, "batch_size": 64},
+            "tune": {"num_samples": 2, "grace_period": 2},
+            "final": {"seeds": [0]},
+        }))
+        assert main(["run", str(experiment), "--tracking-uri", uri]) == 0
+        client = MlflowClient(uri)
+        tune_runs, retrain_runs = _runs_of(client, "remote", "tune"), _runs_of(client, "remote", "retrain")
+        assert len(tune_runs) == 2 and len(retrain_runs) == 1
+        assert all(r.info.status == "FINISHED" for r in tune_runs + retrain_runs)
+        assert "config.json" in [a.path for a in client.list_artifacts(tune_runs[0].info.run_id)]
+        assert not (tmp_path / "out" / "mlflow.db").exists()  # nothing went to the local default store
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
