@@ -34,8 +34,8 @@ def study(tmp_path_factory, synthetic_h5ad):
     return experiment, out, MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
 
 
-def _runs(client, stage):
-    exp = client.get_experiment_by_name("tiny")
+def _runs(client, stage, experiment="tiny"):
+    exp = client.get_experiment_by_name(experiment)
     return client.search_runs([exp.experiment_id], f"tags.`scssl.stage` = '{stage}'")
 
 
@@ -111,18 +111,13 @@ def test_a_nan_trial_is_recorded_as_failed_and_the_study_goes_on(tmp_path, synth
     }))
     assert main(["run", str(experiment)]) == 0
     client = MlflowClient(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
-    runs = _runs_of(client, "nan", "tune")
+    runs = _runs(client, "tune", "nan")
     by_status = {r.info.status: r for r in runs}
     assert sorted(by_status) == ["FAILED", "FINISHED"]
     assert "loss is nan in epoch 1" in by_status["FAILED"].data.tags["scssl.error"]
     assert by_status["FINISHED"].data.params["method.temperature"] == "0.5"
-    [retrain] = _runs_of(client, "nan", "retrain")
+    [retrain] = _runs(client, "retrain", "nan")
     assert retrain.info.status == "FINISHED" and '"temperature": 0.5' in retrain.data.tags["scssl.config"]
-
-
-def _runs_of(client, experiment, stage):
-    exp = client.get_experiment_by_name(experiment)
-    return client.search_runs([exp.experiment_id], f"tags.`scssl.stage` = '{stage}'")
 
 
 def test_a_study_against_a_real_mlflow_server(tmp_path, synthetic_h5ad):
@@ -162,7 +157,7 @@ def test_a_study_against_a_real_mlflow_server(tmp_path, synthetic_h5ad):
         }))
         assert main(["run", str(experiment), "--tracking-uri", uri]) == 0
         client = MlflowClient(uri)
-        tune_runs, retrain_runs = _runs_of(client, "remote", "tune"), _runs_of(client, "remote", "retrain")
+        tune_runs, retrain_runs = _runs(client, "tune", "remote"), _runs(client, "retrain", "remote")
         assert len(tune_runs) == 2 and len(retrain_runs) == 1
         assert all(r.info.status == "FINISHED" for r in tune_runs + retrain_runs)
         assert "config.json" in [a.path for a in client.list_artifacts(tune_runs[0].info.run_id)]

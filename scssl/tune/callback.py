@@ -12,7 +12,6 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from scssl.settings import as_dict
 from scssl.tune.search_space import trial_settings
 from scssl.tune.tracking import CONFIG, DATASET, METHOD, STAGE, TRIAL_ID, Tracker
 
@@ -40,12 +39,7 @@ class MLflowTrialCallback(Callback):
             },
             params=config,
         )
-        self.tracker.log_json(
-            run_id,
-            {"method": as_dict(resolved.params), "train": as_dict(resolved.train),
-             "augment": as_dict(resolved.augment)},
-            "config.json",
-        )
+        self.tracker.log_json(run_id, resolved.as_dict(), "config.json")
         self.run_ids[trial.trial_id] = run_id
 
     def on_trial_result(self, iteration, trials, trial, result, **info):

@@ -14,14 +14,12 @@ import numpy as np
 import ray
 import torch
 
-from scssl.augment import AugmentationConfig
 from scssl.evaluate import knn_cell_typing, scib_scores
 from scssl.experiment import Experiment
 from scssl.methods import get_method
-from scssl.settings import as_dict
-from scssl.train import TrainSettings, fit_embedding
+from scssl.train import fit_embedding
 from scssl.tune.search import best_config
-from scssl.tune.search_space import trial_settings
+from scssl.tune.search_space import TrialSettings, trial_settings
 from scssl.tune.tracking import CONFIG, DATASET, METHOD, SEED, STAGE, TASK, Tracker
 from scssl.tune.trainable import SharedData
 
@@ -44,12 +42,11 @@ class RetrainJob:
         return f"{self.method}__{self.task}__seed{self.seed}.npy"
 
 
-def run_job(data, job: RetrainJob, train: TrainSettings, augment: AugmentationConfig, threads: int):
-    """Train and evaluate one job; returns (metrics, embedding of every cell of the data set)."""
+def run_job(data, job: RetrainJob, trial: TrialSettings, threads: int):
+    """Train and evaluate one job with its resolved settings; returns (metrics, embedding of every cell)."""
     shared: SharedData = ray.get(data) if isinstance(data, ray.ObjectRef) else data
     torch.set_num_threads(threads)
     ds = shared.dataset
-    trial = trial_settings(get_method(job.method), train, augment, job.config)
     labels = ds.obs["label"].to_numpy().astype(str)
     if job.task == "cell_typing":
         ref, query = ds.reference_index, ds.query_index
@@ -99,9 +96,8 @@ def retrain_stage(experiment: Experiment, data_refs: dict, tracker: Tracker) -> 
     for job in todo:
         trial = trial_settings(get_method(job.method), cfg.train, cfg.augment, job.config)
         run_id = tracker.start_run(f"{job.dataset}/{job.method}/{job.task}/seed{job.seed}", job.tags, job.config)
-        tracker.log_json(run_id, {"method": as_dict(trial.params), "train": as_dict(trial.train),
-                                  "augment": as_dict(trial.augment)}, "config.json")
-        pending[task.remote(data_refs[job.dataset], job, cfg.train, cfg.augment, threads)] = (job, run_id)
+        tracker.log_json(run_id, trial.as_dict(), "config.json")
+        pending[task.remote(data_refs[job.dataset], job, trial, threads)] = (job, run_id)
     for n in range(1, len(pending) + 1):
         [ref], _ = ray.wait(list(pending), num_returns=1)
         job, run_id = pending.pop(ref)

@@ -168,6 +168,10 @@ class TrialSettings:
     train: TrainSettings
     augment: AugmentationConfig
 
+    def as_dict(self) -> dict:
+        """The full resolved configuration, as logged to MLflow (``config.json``)."""
+        return {"method": as_dict(self.params), "train": as_dict(self.train), "augment": as_dict(self.augment)}
+
 
 def trial_settings(
     method_cls: type, train: TrainSettings, augment: AugmentationConfig, config: dict, source: str = "trial config"
