@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         "run": ("tune, retrain the best configurations, report", ("tune", "retrain", "report")),
         "tune": ("only the search: trials through Ray Tune, Optuna and ASHA", ("tune",)),
         "retrain": ("only the final stage: best configurations with several seeds", ("retrain",)),
-        "report": ("only the tables, from the study's MLflow runs", ("report",)),
+        "report": ("only the report (tables, figures, HTML), from the study's MLflow runs alone", ("report",)),
     }
     for name, (help_text, _) in stages.items():
         sub = commands.add_parser(name, help=help_text)
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--output-dir", help="study folder (default: the file's output_dir)")
         sub.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite in the study folder)")
         if name != "report":
-            sub.add_argument("--address", help="address of a running Ray cluster (default: start local Ray)")
+            sub.add_argument("--address", help="a running Ray cluster: host:port, or auto (default: start a local Ray)")
     commands.add_parser("methods", help="list the methods and their hyper-parameters with defaults")
     commands.add_parser("datasets", help="list the built-in data sets")
     check = commands.add_parser("check-cluster", help="validate a `ray up` cluster file offline")

@@ -9,14 +9,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from scssl.augment import AugmentationConfig
 from scssl.data import DatasetSpec, resolve
 from scssl.methods import METHODS
 from scssl.settings import ConfigError, parse, read_yaml, settings
 from scssl.train import TrainSettings
-from scssl.tune.search_space import SearchSpace, load_search_space
+from scssl.tune.search_space import SearchSpace, load_search_space, parse_search_space
 from scssl.tune.settings import FinalSettings, TuneSettings
 
 Task = Literal["batch_correction", "cell_typing"]
@@ -33,6 +33,7 @@ class ExperimentConfig:
     tune: TuneSettings = field(default_factory=TuneSettings)
     final: FinalSettings = field(default_factory=FinalSettings)
     search_spaces: str = "../search_spaces"
+    search_space: dict[str, Any] | None = None
     output_dir: str | None = None
     tracking_uri: str | None = None
 
@@ -93,17 +94,7 @@ def load_experiment(path: str | Path, output_dir: str | None = None, tracking_ur
                     f"for data set {spec.label!r}"
                 )
 
-    spaces_dir = _under(base, config.search_spaces)
-    spaces = {}
-    for name in config.methods:
-        cls = METHODS[name]
-        if cls.trainable:
-            file = spaces_dir / f"{name}.yaml"
-            if not file.is_file():
-                raise ConfigError(f"{path}: search_spaces: no search space {file} for method {name!r}")
-            spaces[name] = load_search_space(file, cls)
-            if config.tune.search == "grid":
-                spaces[name].check_grid()
+    spaces = _search_spaces(config, path)
 
     if output_dir is not None:
         study_dir = Path(output_dir).resolve()
@@ -116,6 +107,31 @@ def load_experiment(path: str | Path, output_dir: str | None = None, tracking_ur
         or f"sqlite:///{study_dir / 'mlflow.db'}"
     )
     return Experiment(config, path, datasets, study_dir, spaces, uri)
+
+
+def _search_spaces(config: ExperimentConfig, path: Path) -> dict[str, SearchSpace]:
+    """Each trainable method's space: the experiment's inline ``search_space`` (the same for every
+    method), else ``<search_spaces>/<method>.yaml``."""
+    grid = config.tune.search == "grid" or config.final.retrain == "grid"
+    spaces = {}
+    for name in config.methods:
+        cls = METHODS[name]
+        if not cls.trainable:
+            continue
+        if config.search_space is not None:
+            space = parse_search_space(config.search_space, cls, f"{path}: search_space [{name}]")
+        else:
+            file = _under(path.parent, config.search_spaces) / f"{name}.yaml"
+            if not file.is_file():
+                raise ConfigError(f"{path}: search_spaces: no search space {file} for method {name!r}")
+            space = load_search_space(file, cls)
+        if grid:
+            space.check_grid()
+        elif any(len(p) == 1 for p in space.domains):
+            raise ConfigError(f"{space.source}: a choice among whole blocks needs tune.search: grid "
+                              "or final.retrain: grid")
+        spaces[name] = space
+    return spaces
 
 
 def _under(base: Path, value: str) -> Path:

@@ -10,7 +10,7 @@ import time
 from scssl.data import PreparedDataset, prepare
 from scssl.experiment import Experiment
 from scssl.methods import get_method
-from scssl.report import collect, write_embeddings, write_tables
+from scssl.report import build_report, log_cell_metadata, write_embeddings
 from scssl.tune.tracking import Tracker
 
 STAGES = ("tune", "retrain", "report")
@@ -33,8 +33,9 @@ def run_study(experiment: Experiment, stages: tuple[str, ...] = STAGES, address:
         _run_on_ray(experiment, datasets, stages, tracker, address)
     table = None
     if "report" in stages:
-        table = write_tables(collect(tracker), experiment.config.methods, experiment.results_dir)
-        print(f"[report] tables in {experiment.results_dir}\n\n{table}", flush=True)
+        table = build_report(tracker, experiment.config.methods, experiment.config.final.seeds[0],
+                             experiment.results_dir)
+        print(f"\n{table}", flush=True)
     print(f"[scssl] done in {time.perf_counter() - started:.0f} s", flush=True)
     return table
 
@@ -60,12 +61,14 @@ def _run_on_ray(experiment, datasets, stages, tracker, address) -> None:
     from scssl.tune.trainable import SharedData
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
-    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
+    ray.init(address=address or "local", include_dashboard=False, logging_level=logging.WARNING,
              runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore"}})
     try:
         graphs = experiment.uses_neighbours
         refs = {name: ray.put(SharedData.build(ds, experiment.config.tune, graphs)) for name, ds in datasets.items()}
-        if "tune" in stages:
+        if "tune" in stages and experiment.config.final.retrain == "grid":
+            print("[tune] skipped: final.retrain is grid, so the final stage trains every grid point", flush=True)
+        elif "tune" in stages:
             for name in refs:
                 for method in experiment.config.methods:
                     if get_method(method).trainable:
@@ -74,6 +77,7 @@ def _run_on_ray(experiment, datasets, stages, tracker, address) -> None:
             retrain_stage(experiment, refs, tracker)
             seed = experiment.config.final.seeds[0]
             for name, ds in datasets.items():
+                log_cell_metadata(tracker, name, ds.obs)
                 out = write_embeddings(ds, experiment.study_dir / "embeddings" / name,
                                        experiment.results_dir / f"embeddings_{name}.h5ad", seed)
                 print(f"[retrain] embeddings of {name} (seed {seed}) in {out}", flush=True)

@@ -1,7 +1,12 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
+import yaml
 
 from scssl.data import DatasetSpec, make_synthetic, prepare
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +27,22 @@ def prepared(synthetic_h5ad):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def small_experiment(tmp_path, synthetic_h5ad):
+    """Write ``<tmp_path>/<name>.yaml``: simclr on the synthetic data, cell typing, 2 epochs, one seed, study
+    folder ``<tmp_path>/out``; keyword arguments replace top-level keys."""
+
+    def write(name: str, **overrides) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({
+            "name": name, "output_dir": "out", "search_spaces": str(ROOT / "search_spaces"),
+            "datasets": [{"path": str(synthetic_h5ad), "batch_key": "batch", "labels_key": "cell_type",
+                          "counts_layer": "counts", "query_batches": ["batch2"], "n_hvgs": 200}],
+            "methods": ["simclr"], "tasks": ["cell_typing"], "train": {"epochs": 2, "batch_size": 64},
+            "final": {"seeds": [0]}, **overrides,
+        }))
+        return path
+
+    return write

@@ -6,7 +6,7 @@ import yaml
 from scssl.experiment import load_experiment
 from scssl.methods import METHODS
 from scssl.settings import ConfigError
-from scssl.tune.search_space import Domain, load_search_space, trial_settings
+from scssl.tune.search_space import Domain, config_key, load_search_space, trial_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -127,9 +127,36 @@ def test_grid_search_needs_choices_and_expands_them(tmp_path):
                                        "train": {"lr": 0.001}})
     exp = load_experiment(_experiment(tmp_path, search_spaces=str(space_dir), tune={"search": "grid"}))
     space = exp.search_spaces["simclr"]
-    assert space.grid_size() == 6
-    grid = space.param_space(grid=True)
-    assert grid["method"]["temperature"] == {"grid_search": [0.1, 0.5]} and grid["train"]["lr"] == 0.001
+    points = space.grid_points()
+    assert len(points) == 6 and len({config_key(p) for p in points}) == 6
+    assert points[0] == {"method": {"embedding_dim": 16, "temperature": 0.1}, "train": {"lr": 0.001}}
+    assert space.label(points[-1]) == "embedding_dim=64, temperature=0.5"  # the file's key order
+    assert space.optuna_point(points[-1]) == {"method/temperature": 0.5, "method/embedding_dim": 64}
     _write(space_dir / "simclr.yaml", {"method": {"temperature": {"loguniform": [0.1, 1.0]}}})
     with pytest.raises(ConfigError, match="method.temperature: grid search needs `choice` values"):
         load_experiment(_experiment(tmp_path, search_spaces=str(space_dir), tune={"search": "grid"}))
+
+
+def test_inline_search_space_with_a_choice_of_augment_blocks(tmp_path):
+    blocks = [{"masking": {"prob": 0.5}}, {"masking": {"prob": 0.5}, "mnn": {"prob": 0.5}}]
+    inline = {"augment": {"choice": blocks}, "method": {"embedding_dim": 32}}
+    exp = load_experiment(_experiment(tmp_path, augment={"preset": "base"}, search_space=inline,
+                                      final={"retrain": "grid"}))
+    space = exp.search_spaces["simclr"]
+    assert [space.label(p) for p in space.grid_points()] == ["masking.prob=0.5", "masking.prob=0.5, mnn.prob=0.5"]
+    assert exp.uses_neighbours  # the second block switches MNN on
+    trial = trial_settings(METHODS["simclr"], exp.config.train, exp.config.augment, space.grid_points()[1])
+    assert trial.augment.mnn.prob == 0.5 and trial.augment.gaussian_noise.prob == 0.0 and trial.params.embedding_dim == 32
+    with pytest.raises(ConfigError, match="a choice among whole blocks needs tune.search: grid"):
+        load_experiment(_experiment(tmp_path, search_space=inline))
+    with pytest.raises(ConfigError, match=r"search_space \[simclr\]: augment"):
+        load_experiment(_experiment(tmp_path, search_space={"augment": {"choice": [{"maskin": {"prob": 0.5}}]}},
+                                    final={"retrain": "grid"}))
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_experiment_loads(path):
+    exp = load_experiment(path)
+    assert exp.datasets and exp.config.methods
+    if exp.config.final.retrain == "grid":
+        assert all(len(space.grid_points()) > 1 for space in exp.search_spaces.values())

@@ -94,21 +94,10 @@ def test_bad_experiment_is_a_clear_cli_error(tmp_path, capsys):
     assert str(bad) in err and "datasets" in err
 
 
-def test_a_nan_trial_is_recorded_as_failed_and_the_study_goes_on(tmp_path, synthetic_h5ad):
-    spaces = tmp_path / "spaces"
-    spaces.mkdir()
+def test_a_nan_trial_is_recorded_as_failed_and_the_study_goes_on(tmp_path, small_experiment):
     # temperature 1e-40 overflows the logits: the loss is NaN in the first epoch
-    (spaces / "simclr.yaml").write_text(yaml.safe_dump({"method": {"temperature": {"choice": [0.5, 1e-40]}}}))
-    experiment = tmp_path / "nan.yaml"
-    experiment.write_text(yaml.safe_dump({
-        "name": "nan", "output_dir": "out", "search_spaces": str(spaces),
-        "datasets": [{"path": str(synthetic_h5ad), "batch_key": "batch", "labels_key": "cell_type",
-                      "counts_layer": "counts", "query_batches": ["batch2"], "n_hvgs": 200}],
-        "methods": ["simclr"], "tasks": ["cell_typing"],
-        "train": {"epochs": 2, "batch_size": 64},
-        "tune": {"search": "grid", "num_samples": 1, "grace_period": 2},
-        "final": {"seeds": [0]},
-    }))
+    experiment = small_experiment("nan", search_space={"method": {"temperature": {"choice": [0.5, 1e-40]}}},
+                                  tune={"search": "grid", "num_samples": 1, "grace_period": 2})
     assert main(["run", str(experiment)]) == 0
     client = MlflowClient(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
     runs = _runs(client, "tune", "nan")
@@ -165,3 +154,35 @@ def test_a_study_against_a_real_mlflow_server(tmp_path, synthetic_h5ad):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_multi_objective_search_reports_its_pareto_front(tmp_path, small_experiment):
+    experiment = small_experiment("mo", tune={"search": "nsga2", "multi_objective": True, "num_samples": 3, "grace_period": 1})
+    assert main(["run", str(experiment)]) == 0
+    client = MlflowClient(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
+    tune_runs = _runs(client, "tune", "mo")
+    assert len(tune_runs) == 3
+    for run in tune_runs:
+        assert 0 <= run.data.metrics["val_batch_mixing"] <= 1
+        assert run.data.metrics["val_score"] == pytest.approx(
+            0.6 * run.data.metrics["val_knn_accuracy"] + 0.4 * run.data.metrics["val_batch_mixing"])
+    front = pd.read_csv(tmp_path / "out" / "results" / "pareto_front.csv")
+    assert len(front) == 3 and front["on_front"].any()
+    # the final stage retrains the best trial of each objective (one job when one trial is best on both)
+    variants = {r.data.tags["scssl.variant"] for r in _runs(client, "retrain", "mo")}
+    assert variants in ({"best val_knn_accuracy & val_batch_mixing"}, {"best val_knn_accuracy", "best val_batch_mixing"})
+
+
+def test_a_sweep_retrains_every_grid_point_without_tuning(tmp_path, small_experiment, capsys):
+    experiment = small_experiment("sweep", search_space={"method": {"temperature": {"choice": [0.5, 2.0]}}},
+                                   final={"retrain": "grid", "seeds": [0]})
+    assert main(["run", str(experiment)]) == 0
+    assert "[tune] skipped" in capsys.readouterr().out
+    client = MlflowClient(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
+    assert _runs(client, "tune", "sweep") == []
+    runs = _runs(client, "retrain", "sweep")
+    assert sorted(r.data.tags["scssl.variant"] for r in runs) == ["temperature=0.5", "temperature=2.0"]
+    table = pd.read_csv(tmp_path / "out" / "results" / "cell_typing.csv")
+    assert sorted(table["variant"]) == ["temperature=0.5", "temperature=2.0"]
+    adata = ad.read_h5ad(tmp_path / "out" / "results" / "embeddings_synthetic.h5ad")
+    assert {"X_simclr_temperature=0.5_reference_model", "X_simclr_temperature=2.0_reference_model"} <= set(adata.obsm)

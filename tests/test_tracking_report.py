@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scssl.report import collect, write_tables
+from scssl.report import build_report, collect
 from scssl.tune.tracking import Tracker, flatten
 
 
@@ -43,8 +43,8 @@ def test_tables_are_mean_and_std_over_seeds(tmp_path):
     _retrain_run(tracker, "simclr", "cell_typing", 3, {"macro_f1": 0.0}, status="FAILED")  # not counted
 
     long = collect(tracker)
-    assert len(long) == 12
-    text = write_tables(long, ["pca", "simclr"], tmp_path / "results")
+    assert len(long) == 12 and (long["variant"] == "").all()
+    text = build_report(tracker, ["pca", "simclr"], 0, tmp_path / "results")
 
     table = pd.read_csv(tmp_path / "results" / "cell_typing.csv", index_col=[0, 1])
     assert table.loc[("d", "simclr"), "macro_f1_mean"] == pytest.approx(0.6)

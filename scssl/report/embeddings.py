@@ -14,11 +14,13 @@ def write_embeddings(dataset: PreparedDataset, embedding_dir: Path, out: Path, s
 
     ``X_<method>`` is the batch-correction model's embedding (trained on all cells);
     ``X_<method>_reference_model`` the cell-typing model's (trained on reference cells, query mapped).
+    A sweep's configurations add their variant: ``X_<method>_<variant>``.
     """
     adata = dataset.to_anndata()
-    for file in sorted(embedding_dir.glob(f"*__seed{seed}.npy")):
-        method, task, _ = file.stem.split("__")
-        key = f"X_{method}" if task == "batch_correction" else f"X_{method}_reference_model"
+    files = [*embedding_dir.glob(f"*__seed{seed}.npy"), *embedding_dir.glob(f"*__seed{seed}__*.npy")]
+    for file in sorted(files):
+        method, task, _, *variant = file.stem.split("__")  # a sweep's files end with their variant
+        key = "_".join([f"X_{method}", *variant] + ([] if task == "batch_correction" else ["reference_model"]))
         adata.obsm[key] = np.load(file)
     out.parent.mkdir(parents=True, exist_ok=True)
     adata.write_h5ad(out)

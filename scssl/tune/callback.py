@@ -12,24 +12,27 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from scssl.tune.search_space import trial_settings
-from scssl.tune.tracking import CONFIG, DATASET, METHOD, STAGE, TRIAL_ID, Tracker
+from scssl.tune.search_space import trial_settings, unwrap
+from scssl.tune.tracking import CONFIG, DATASET, ERROR, METHOD, NODE, RETRIED, STAGE, TRIAL_ID, Tracker
+from scssl.tune.trainable import BATCH_METRIC, METRIC, NONFINITE, SCORE
 
-REPORTED = ("loss", "val_knn_accuracy", "epoch_seconds")
+REPORTED = ("loss", METRIC, BATCH_METRIC, SCORE, "epoch_seconds")
 
 
 class MLflowTrialCallback(Callback):
-    def __init__(self, tracker: Tracker, dataset: str, method_cls: type, train, augment, num_samples: int):
+    def __init__(self, tracker: Tracker, dataset: str, method_cls: type, train, augment, num_samples: int,
+                 done: int = 0):
         self.tracker = tracker
         self.dataset = dataset
         self.method_cls = method_cls
         self.train, self.augment = train, augment
         self.num_samples = num_samples
         self.run_ids: dict[str, str] = {}
-        self.done = 0
+        self.nonfinite: dict[str, str] = {}
+        self.done = done  # trials ended before this attempt (a resumed stage)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        config = trial.config
+        config = unwrap(trial.config)
         resolved = trial_settings(self.method_cls, self.train, self.augment, config)
         run_id = self.tracker.start_run(
             f"{self.dataset}/{self.method_cls.name}/{trial.trial_id}",
@@ -43,21 +46,42 @@ class MLflowTrialCallback(Callback):
         self.run_ids[trial.trial_id] = run_id
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if NONFINITE in result:
+            self.nonfinite[trial.trial_id] = result[NONFINITE]
+            return
         metrics = {k: result[k] for k in REPORTED if k in result}
-        self.tracker.log_metrics(self.run_ids[trial.trial_id], metrics, step=int(result["epoch"]))
+        run_id = self.run_ids[trial.trial_id]
+        if int(result["epoch"]) == 1 and "node_ip" in result:
+            self.tracker.set_tags(run_id, {NODE: result["node_ip"]})
+        self.tracker.log_metrics(run_id, metrics, step=int(result["epoch"]))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        reason = self.nonfinite.pop(trial.trial_id, None)
+        if reason is not None:  # the loss became NaN: the trial ended, but failed
+            self._fail(trial, reason)
+            return
         self.tracker.end_run(self.run_ids[trial.trial_id], "FINISHED")
         result = trial.last_result or {}
-        self._progress(trial, f"epochs {result.get('epoch', 0)}, "
-                              f"val_knn_accuracy {result.get('val_knn_accuracy', float('nan')):.3f}")
+        self._progress(trial, f"epochs {result.get('epoch', 0)}, {METRIC} {result.get(METRIC, float('nan')):.3f}")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """A crashed trial that Tune will run again: this attempt's run is FAILED, the next gets its own."""
+        reason = _last_error_line(trial)
+        run_id = self.run_ids.pop(trial.trial_id, None)
+        if run_id is not None:
+            self.tracker.set_tags(run_id, {ERROR: reason[:4000], RETRIED: "true"})
+            self.tracker.end_run(run_id, "FAILED")
+        print(f"[tune] {self.dataset}/{self.method_cls.name}: trial {trial.trial_id} crashed ({reason}); "
+              f"retrying (failure {trial.run_metadata.num_failures})", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        """A failed trial (a crash, or a loss that became NaN) is a FAILED run tagged with the reason."""
-        reason = _last_error_line(trial)
+        """A trial that crashed (after its retries) is a FAILED run tagged with the reason."""
+        self._fail(trial, _last_error_line(trial))
+
+    def _fail(self, trial, reason: str) -> None:
         run_id = self.run_ids.get(trial.trial_id)
         if run_id is not None:
-            self.tracker.set_tags(run_id, {"scssl.error": reason[:4000]})
+            self.tracker.set_tags(run_id, {ERROR: reason[:4000]})
             self.tracker.end_run(run_id, "FAILED")
         self._progress(trial, f"FAILED: {reason}")
 

@@ -9,12 +9,17 @@ A file has up to three sections, each mapping a settings key to a domain or a fi
 
 ``method`` keys are the method's ``Params``, ``train`` keys ``TrainSettings``, ``augment`` keys
 ``AugmentationConfig`` (nested). Domains: ``uniform``, ``loguniform`` ([low, high]), ``int``
-([low, high], inclusive) and ``choice`` ([values...]).
+([low, high], inclusive) and ``choice`` ([values...]). A section may also be one ``choice`` among
+whole blocks, which grid search takes in turn (the augmentation ablation)::
+
+    augment: {choice: [{masking: {prob: 0.5}}, {masking: {prob: 0.5}, gaussian_noise: {prob: 0.5}}]}
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +29,7 @@ from ray import tune
 
 from scssl.augment import AugmentationConfig
 from scssl.settings import ConfigError, as_dict, parse, read_yaml
+from scssl.tune.tracking import flatten
 from scssl.train import TrainSettings
 
 DOMAINS = ("uniform", "loguniform", "int", "choice")
@@ -34,9 +40,7 @@ class Domain:
     kind: str
     args: tuple
 
-    def to_tune(self, grid: bool = False):
-        if grid:
-            return tune.grid_search(list(self.args))
+    def to_tune(self):
         if self.kind == "uniform":
             return tune.uniform(*self.args)
         if self.kind == "loguniform":
@@ -53,44 +57,95 @@ class Domain:
 @dataclass(frozen=True)
 class SearchSpace:
     """A method's tunable keys: ``entries`` maps a path such as ("augment", "masking", "rate") to a Domain
-    or a fixed value."""
+    or a fixed value. A path of one element (("augment",)) is a choice among whole blocks."""
 
     method: str
-    source: Path
+    source: str
     entries: dict[tuple[str, ...], Any]
+
+    @property
+    def domains(self) -> dict[tuple[str, ...], Domain]:
+        return {path: value for path, value in self.entries.items() if isinstance(value, Domain)}
 
     def may_exceed_zero(self, path: tuple[str, ...]) -> bool:
         """Whether a trial may set ``path`` above zero (e.g. switch an augmentation on)."""
-        value = self.entries.get(path)
-        if value is None:
-            return False
-        return max(value.extremes() if isinstance(value, Domain) else [value]) > 0
+        candidates = []
+        for key, value in self.entries.items():
+            for candidate in value.extremes() if isinstance(value, Domain) else [value]:
+                node = _nest(key, candidate)
+                for part in path:
+                    node = node.get(part) if isinstance(node, dict) else None
+                if node is not None:
+                    candidates.append(node)
+        return max(candidates, default=0) > 0
 
-    def param_space(self, grid: bool = False) -> dict:
-        """Nested dict of Ray Tune domains, the ``param_space`` of a Tuner; with ``grid``, every
-        ``choice`` becomes a grid axis (other domains are refused: see ``check_grid``)."""
-        if grid:
-            self.check_grid()
-        space: dict = {}
-        for path, value in self.entries.items():
-            node = space
-            for key in path[:-1]:
-                node = node.setdefault(key, {})
-            node[path[-1]] = value.to_tune(grid) if isinstance(value, Domain) else value
-        return space
+    def param_space(self) -> dict:
+        """Nested dict of Ray Tune domains and fixed values, the ``param_space`` of a Tuner."""
+        return _nested({path: v.to_tune() if isinstance(v, Domain) else v for path, v in self.entries.items()})
 
     def check_grid(self) -> None:
-        for path, value in self.entries.items():
-            if isinstance(value, Domain) and value.kind != "choice":
+        for path, value in self.domains.items():
+            if value.kind != "choice":
                 raise ConfigError(f"{self.source}: {'.'.join(path)}: grid search needs `choice` values, "
                                   f"got {value.kind}")
 
-    def grid_size(self) -> int:
-        size = 1
-        for value in self.entries.values():
-            if isinstance(value, Domain):
-                size *= len(value.args)
-        return size
+    def grid_points(self) -> list[dict]:
+        """Every combination of the ``choice`` values, as nested trial configs (fixed values included)."""
+        self.check_grid()
+        domains = self.domains
+        points = []
+        for values in itertools.product(*(d.args for d in domains.values())):
+            points.append(_nested({**self.entries, **dict(zip(domains, values))}))
+        return points
+
+    def optuna_point(self, config: dict) -> dict:
+        """A trial config as Ray's OptunaSearch names its parameters ("method/temperature": 0.5)."""
+        return {"/".join(path): _get(config, path) for path in self.domains}
+
+    def label(self, config: dict) -> str:
+        """A short name of a config's sampled values, e.g. "temperature=0.5" or "masking.prob=0.5"."""
+        parts = []
+        for path in self.domains:
+            value = _get(config, path)
+            if isinstance(value, dict):
+                parts.extend([f"{k}={v}" for k, v in flatten(value).items()] or [f"{path[0]}={{}}"])
+            else:
+                parts.append(f"{'.'.join(path[1:])}={value}")
+        return ", ".join(parts)
+
+
+GRID_POINT = "grid_point"
+
+
+def grid_param_space(points: list[dict]) -> dict:
+    """A Tuner ``param_space`` with one trial per point: Tune's grid over whole configs (which lets a
+    resumed grid leave out its finished points); ``unwrap`` gives a trial its config back."""
+    return {GRID_POINT: tune.grid_search(points)}
+
+
+def unwrap(config: dict) -> dict:
+    return config.get(GRID_POINT, config)
+
+
+def config_key(config: dict) -> str:
+    """The canonical text of a trial config, to recognise the same config in MLflow tags."""
+    return json.dumps(_plain(config), sort_keys=True, default=float)
+
+
+def _nested(entries: dict[tuple[str, ...], Any]) -> dict:
+    space: dict = {}
+    for path, value in entries.items():
+        node = space
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return space
+
+
+def _get(config: dict, path: tuple[str, ...]) -> Any:
+    for key in path:
+        config = config[key]
+    return config
 
 
 def section_classes(method_cls: type) -> dict[str, type]:
@@ -99,13 +154,23 @@ def section_classes(method_cls: type) -> dict[str, type]:
 
 def load_search_space(path: Path, method_cls: type) -> SearchSpace:
     """Read and validate ``path``: unknown sections or keys and out-of-range bounds name file and key."""
-    raw = read_yaml(path)
+    return parse_search_space(read_yaml(path), method_cls, str(path))
+
+
+def parse_search_space(raw: dict, method_cls: type, path: str) -> SearchSpace:
+    """Validate a search space given as a dict (a file's content, or an experiment's inline ``search_space``);
+    ``path`` names where it came from in errors."""
     sections = section_classes(method_cls)
     entries: dict[tuple[str, ...], Any] = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with sections {list(sections)}")
     for section, body in raw.items():
         if section not in sections:
             raise ConfigError(f"{path}: unknown section {section!r}; expected one of {list(sections)}")
-        _collect(body, (section,), sections[section], path, entries)
+        if isinstance(body, dict) and list(body) == ["choice"]:  # a choice among whole blocks
+            entries[(section,)] = _domain(body, f"{path}: {section}")
+        else:
+            _collect(body, (section,), sections[section], path, entries)
     for key, value in entries.items():
         candidates = value.extremes() if isinstance(value, Domain) else [value]
         for candidate in candidates:

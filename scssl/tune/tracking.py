@@ -17,6 +17,10 @@ from mlflow.tracking import MlflowClient
 STAGE, DATASET, METHOD, TASK, SEED, TRIAL_ID, CONFIG = (
     "scssl.stage", "scssl.dataset", "scssl.method", "scssl.task", "scssl.seed", "scssl.trial_id", "scssl.config",
 )
+ERROR = "scssl.error"  # why a run FAILED or was KILLED
+RETRIED = "scssl.retried"  # on a FAILED run whose trial Tune ran again
+NODE = "scssl.node"  # the IP address of the Ray node that ran a trial
+VARIANT = "scssl.variant"  # a retrain run's label within a sweep, e.g. "temperature=0.5"; absent: ""
 
 
 def flatten(nested: dict, prefix: str = "") -> dict[str, Any]:
@@ -63,6 +67,9 @@ class Tracker:
     def log_json(self, run_id: str, obj: Any, artifact_file: str) -> None:
         self.client.log_dict(run_id, json.loads(json.dumps(obj, default=str)), artifact_file)
 
+    def log_artifact(self, run_id: str, local_path: Path) -> None:
+        self.client.log_artifact(run_id, str(local_path))
+
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
@@ -77,3 +84,18 @@ class Tracker:
     @staticmethod
     def finished(run) -> bool:
         return run.info.status == RunStatus.to_string(RunStatus.FINISHED)
+
+    @staticmethod
+    def ended_for_good(run) -> bool:
+        """FINISHED, or FAILED without a retry: a trial or job not to run again."""
+        failed = run.info.status == RunStatus.to_string(RunStatus.FAILED)
+        return Tracker.finished(run) or (failed and RETRIED not in run.data.tags)
+
+    def close_dead_runs(self, **tags: str) -> int:
+        """Mark KILLED the RUNNING runs with ``tags``: only a driver opens and closes runs, so when a
+        driver starts, such runs belong to one that died (one driver per study at a time)."""
+        dead = [r for r in self.runs(**tags) if r.info.status == RunStatus.to_string(RunStatus.RUNNING)]
+        for run in dead:
+            self.set_tags(run.info.run_id, {ERROR: "the driver stopped before this run ended"})
+            self.end_run(run.info.run_id, "KILLED")
+        return len(dead)

@@ -13,11 +13,14 @@ from scssl.augment import AugmentationConfig, NeighbourGraph, build_neighbour_gr
 from scssl.data import PreparedDataset
 from scssl.evaluate import knn_accuracy, validation_split
 from scssl.methods import PCABaseline, get_method
-from scssl.train import EpochReport, TrainSettings, embed, train
-from scssl.tune.search_space import trial_settings
+from scssl.train import EpochReport, NonFiniteLossError, TrainSettings, embed, train
+from scssl.tune.search_space import trial_settings, unwrap
 from scssl.tune.settings import TuneSettings
 
 METRIC, MODE = "val_knn_accuracy", "max"
+BATCH_METRIC = "val_batch_mixing"  # the second objective of a multi-objective search
+SCORE = "val_score"  # 0.6 x METRIC + 0.4 x BATCH_METRIC: what ASHA ranks multi-objective trials by
+NONFINITE = "nonfinite_loss"  # reported instead of raising, so that Tune does not retry a NaN trial
 
 
 @dataclass
@@ -60,19 +63,37 @@ def run_trial(
     augment: AugmentationConfig,
     seed: int,
     threads: int,
+    multi_objective: bool = False,
 ) -> None:
-    """Train ``config`` on the reference cells and ``tune.report`` loss and objective after each epoch."""
+    """Train ``config`` on the reference cells and ``tune.report`` loss and objectives after each epoch.
+
+    A loss that turns NaN or infinite ends the trial with a last report that says so (``NONFINITE``);
+    any other error propagates, and Tune retries the trial."""
     shared: SharedData = ray.get(data) if isinstance(data, ray.ObjectRef) else data
     torch.set_num_threads(threads)
     method_cls = get_method(method)
-    trial = trial_settings(method_cls, train_settings, augment, config)
+    trial = trial_settings(method_cls, train_settings, augment, unwrap(config))
     reference = shared.dataset.reference_index
     X = shared.dataset.X[reference]
     labels = shared.dataset.label_codes[reference]
+    batches = shared.dataset.obs["batch"].to_numpy()[reference]
+    epochs_done = 0
 
     def report(model, epoch: EpochReport) -> None:
-        accuracy = knn_accuracy(embed(model, X), labels, shared.is_validation)
-        tune.report({"epoch": epoch.epoch, "loss": epoch.loss, "epoch_seconds": epoch.seconds, METRIC: accuracy})
+        nonlocal epochs_done
+        embedding = embed(model, X)
+        metrics = {"epoch": epoch.epoch, "loss": epoch.loss, "epoch_seconds": epoch.seconds,
+                   METRIC: knn_accuracy(embedding, labels, shared.is_validation)}
+        if multi_objective:
+            metrics[BATCH_METRIC] = 1.0 - knn_accuracy(embedding, batches, shared.is_validation)
+            metrics[SCORE] = 0.6 * metrics[METRIC] + 0.4 * metrics[BATCH_METRIC]
+        epochs_done = epoch.epoch
+        tune.report(metrics)
 
-    train(method_cls, trial.params, X, trial.train, trial.augment, seed=seed, on_epoch=report,
-          graph=shared.reference_graph)
+    try:
+        train(method_cls, trial.params, X, trial.train, trial.augment, seed=seed, on_epoch=report,
+              graph=shared.reference_graph)
+    except NonFiniteLossError as err:
+        nan = float("nan")
+        tune.report({"epoch": epochs_done + 1, NONFINITE: f"NonFiniteLossError: {err}", METRIC: nan,
+                     **({BATCH_METRIC: nan, SCORE: nan} if multi_objective else {})})

@@ -1,0 +1,127 @@
+"""A study's whole report from its MLflow runs alone: tables, figures and one HTML page, written under the
+results folder and logged to the study's report run."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from scssl.report.figures import results_table_figure, umap_figure
+from scssl.report.html import ReportFigure, write_html
+from scssl.report.runs import cell_metadata, embeddings, log_report
+from scssl.report.tables import Table, benchmark_tables, collect, label, shown
+from scssl.report.tuning import tuning_figures, tuning_study
+from scssl.report.formats import markdown
+from scssl.tune.search import pareto_front
+from scssl.tune.tracking import DATASET, METHOD, TRIAL_ID, Tracker
+from scssl.tune.trainable import BATCH_METRIC, METRIC
+
+
+def build_report(tracker: Tracker, methods: list[str], umap_seed: int, results_dir: Path) -> str:
+    """Write every table (CSV, Markdown, LaTeX), figure (PNG) and ``report.html`` under ``results_dir``, log
+    them to the report run, and return the summary's Markdown. Rows follow ``methods``; UMAPs show the
+    batch-correction embeddings of ``umap_seed``. Reads MLflow only, so the tables come out byte for byte
+    the same whenever the runs are the same."""
+    long = collect(tracker)
+    tables = benchmark_tables(long, methods)
+    if not tables:
+        return "(no finished retrain runs)"
+    figures_dir = results_dir / "figures"
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    files = [results_dir / "metrics_per_seed.csv"]
+    shown(long).to_csv(files[0], index=False)
+    for table in tables:
+        files += table.write(results_dir)
+    files += _pareto_fronts(tracker, results_dir)
+    figures = []
+    summary = tables[-1].numbers  # every (data set, method, variant), in order
+    for dataset in summary.index.unique("dataset"):
+        in_order = list(summary.xs(dataset, level="dataset").index.unique("method"))
+        figures += _dataset_figures(tracker, tables, dataset, in_order, umap_seed, figures_dir)
+    study = tracker.client.get_experiment(tracker.experiment_id).name
+    page = write_html(f"scssl report: {study}", tables, figures, results_dir / "report.html")
+    run_id = log_report(tracker, results_dir, files + [f.path for f in figures] + [page])
+    print(f"[report] {len(files)} table files, {len(figures)} figures and report.html in {results_dir}; "
+          f"logged to MLflow run {run_id}", flush=True)
+    return (results_dir / "summary.md").read_text()
+
+
+def _dataset_figures(tracker: Tracker, tables: list[Table], dataset: str, methods: list[str], seed: int,
+                     folder: Path) -> list[ReportFigure]:
+    """The results table, a UMAP per row and the Optuna figures of each tuned method of one data set."""
+    section = f"Figures: {dataset}"
+    figures = []
+    relative = next((t.numbers for t in tables if t.name == "batch_correction_relative"), None)
+    if relative is not None and dataset in relative.index.unique("dataset"):
+        part = relative.xs(dataset, level="dataset")
+        path = results_table_figure(part, [label(*r) for r in part.index], folder / f"scib_table_{_safe(dataset)}.png")
+        figures.append(ReportFigure(section, "scIB metrics relative to the cohort, means over seeds", path))
+        figures += _umaps(tracker, part.index, dataset, seed, folder, section)
+    for method in methods:
+        study = tuning_study(tracker, dataset, method)
+        if study is None:
+            continue
+        made = tuning_figures(study, folder / f"optuna_{_safe(dataset)}__{_safe(method)}")
+        figures += [ReportFigure(section, f"{method}: Optuna {kind}", path) for kind, path in made.items()]
+        if "importances" not in made:
+            print(f"[report] {dataset}/{method}: no parameter importances (they need finished trials whose objective "
+                  "and a parameter vary)", flush=True)
+    return figures
+
+
+def _umaps(tracker: Tracker, rows: pd.MultiIndex, dataset: str, seed: int, folder: Path,
+           section: str) -> list[ReportFigure]:
+    """A UMAP of each (method, variant) in ``rows`` from the embeddings and cell metadata in MLflow."""
+    cells = cell_metadata(tracker, dataset)
+    if cells is None:
+        print(f"[report] {dataset}: no cell metadata in MLflow (see log_cell_metadata), so no UMAPs", flush=True)
+        return []
+    found = embeddings(tracker, dataset, "batch_correction", seed)
+    figures = []
+    for method, variant in rows:
+        name = label(method, variant)
+        embedding = found.get((method, variant))
+        if embedding is None or len(embedding) != len(cells):
+            print(f"[report] {dataset}/{name}: no batch-correction embedding of all {len(cells)} cells "
+                  f"for seed {seed} in MLflow, so no UMAP", flush=True)
+            continue
+        stem = "__".join(_safe(part) for part in (dataset, method, variant) if part)
+        path = umap_figure(embedding, cells, f"{dataset} / {name}", folder / f"umap_{stem}.png")
+        figures.append(ReportFigure(section, f"{name}: UMAP of the batch-correction embedding, seed {seed}", path))
+    return figures
+
+
+def _pareto_fronts(tracker: Tracker, results_dir: Path) -> list[Path]:
+    """``pareto_front.csv`` / ``.md``: for a multi-objective search, every finished trial's two objectives and
+    whether it is on its method's Pareto front (no other trial at least as good on both and better on one)."""
+    names = [METRIC, BATCH_METRIC]
+    rows = []
+    runs = [r for r in tracker.runs(stage="tune") if Tracker.finished(r) and all(n in r.data.metrics for n in names)]
+    for (dataset, method), group in _group(runs, (DATASET, METHOD)).items():
+        front = {r.info.run_id for r in pareto_front(group, names)}
+        rows += [{"dataset": dataset, "method": method, "trial": r.data.tags[TRIAL_ID],
+                  **{n: r.data.metrics[n] for n in names}, "on_front": r.info.run_id in front} for r in group]
+    if not rows:
+        return []
+    frame = pd.DataFrame(rows).sort_values(["dataset", "method", METRIC], ascending=[True, True, False])
+    files = [results_dir / "pareto_front.csv", results_dir / "pareto_front.md"]
+    frame.to_csv(files[0], index=False, float_format="%.6g")
+    front = frame[frame["on_front"]].drop(columns="on_front")
+    text = front.assign(**{n: front[n].map("{:.3f}".format) for n in names})
+    files[1].write_text(f"**Pareto front of the multi-objective search** ({METRIC}: cell types, {BATCH_METRIC}: "
+                        f"1 - kNN accuracy of the batch, both on the validation cells).\n\n{markdown(text)}\n")
+    return files
+
+
+def _group(runs: list, keys: tuple[str, ...]) -> dict[tuple, list]:
+    groups: dict[tuple, list] = {}
+    for run in runs:
+        groups.setdefault(tuple(run.data.tags[k] for k in keys), []).append(run)
+    return groups
+
+
+def _safe(name: str) -> str:
+    """``name`` as a file-name part."""
+    return re.sub(r"[^\w.=-]+", "_", name)

@@ -1,0 +1,75 @@
+"""What the report keeps in MLflow besides the retrain and tune runs: one run per study tagged
+``scssl.stage=report`` holding the cells' metadata (for UMAPs) and every table, figure and the HTML page,
+so that ``scssl report`` needs nothing but MLflow."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from scssl.tune.tracking import METHOD, STAGE, VARIANT, Tracker
+
+CELLS = "cells"  # artifact folder of the report run: <dataset>.csv, one row per cell in embedding order
+# A progress bar per small downloaded file would drown the report's own lines; a user's setting wins.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def report_run(tracker: Tracker, create: bool = True) -> str | None:
+    """The study's report run (the earliest, if several), created when missing and ``create``."""
+    runs = tracker.runs(stage="report")
+    if runs:
+        return runs[0].info.run_id
+    return tracker.start_run("report", {STAGE: "report"}, {}) if create else None
+
+
+def log_cell_metadata(tracker: Tracker, dataset: str, obs: pd.DataFrame) -> None:
+    """Keep the batch and cell type of every cell of ``dataset`` (``obs`` of its PreparedDataset, whose rows are
+    the rows of every embedding) in the report run: the retrain stage calls this once per data set."""
+    run_id = report_run(tracker)
+    cells = obs[["batch", "label"]].astype(str).rename_axis("cell")
+    tracker.client.log_text(run_id, cells.to_csv(), f"{CELLS}/{dataset}.csv")
+    tracker.end_run(run_id)
+
+
+def cell_metadata(tracker: Tracker, dataset: str) -> pd.DataFrame | None:
+    """The cells logged by ``log_cell_metadata`` (index: cell; columns batch, label), or None."""
+    run_id = report_run(tracker, create=False)
+    if run_id is None:
+        return None
+    path = f"{CELLS}/{dataset}.csv"
+    if path not in {a.path for a in tracker.client.list_artifacts(run_id, CELLS)}:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        local = tracker.client.download_artifacts(run_id, path, folder)
+        return pd.read_csv(local, index_col="cell", dtype=str, keep_default_na=False)
+
+
+def embeddings(tracker: Tracker, dataset: str, task: str, seed: int) -> dict[tuple[str, str], np.ndarray]:
+    """The embedding (every cell) of each (method, variant) of ``dataset``'s latest finished retrain run of
+    ``task`` and ``seed``, from the run's ``.npy`` artifact; runs without one are left out."""
+    latest = {}
+    for run in tracker.runs(stage="retrain", dataset=dataset, task=task, seed=str(seed)):  # oldest first
+        if Tracker.finished(run):
+            latest[(run.data.tags[METHOD], run.data.tags.get(VARIANT, ""))] = run.info.run_id
+    out = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for key, run_id in latest.items():
+            files = [a.path for a in tracker.client.list_artifacts(run_id) if a.path.endswith(".npy")]
+            if files:
+                out[key] = np.load(tracker.client.download_artifacts(run_id, files[0], folder))
+    return out
+
+
+def log_report(tracker: Tracker, results_dir: Path, files: list[Path]) -> str:
+    """Log ``files`` (under ``results_dir``) to the report run at the same relative paths; files of the same
+    name from an earlier report are replaced."""
+    run_id = report_run(tracker)
+    for path in files:
+        folder = path.parent.relative_to(results_dir).as_posix()
+        tracker.client.log_artifact(run_id, str(path), None if folder == "." else folder)
+    tracker.end_run(run_id)
+    return run_id
