@@ -15,7 +15,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 from ray._private.services import get_node_ip_address
 
-from scssl.cli import main
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).parent / "ray")
@@ -74,9 +73,15 @@ def two_node_cluster(monkeypatch):
 
 def test_a_study_runs_across_two_nodes(two_node_cluster, tmp_path, small_experiment):
     experiment = small_experiment("two_nodes", train={"epochs": 15, "batch_size": 64}, final={"seeds": [0, 1]},
-                                  tune={"num_samples": 4, "grace_period": 15, "cpus_per_trial": 1})
+                                  tune={"num_samples": 4, "grace_period": 15, "cpus_per_trial": 1,
+                                        # trials of a second each: with reused workers the head's first
+                                        # worker, ready before the other node's, would run all four
+                                        "reuse_actors": False})
     address, head_ip = two_node_cluster
-    assert main(["run", str(experiment), "--address", address]) == 0
+    # its own process, as on a real head node: a Python process whose Ray has already run a local study
+    # (pytest's, after the other tests) gets its trial actors cancelled on a second cluster
+    scssl = Path(sys.executable).parent / "scssl"
+    subprocess.run([str(scssl), "run", str(experiment), "--address", address], check=True, timeout=900)
     client = MlflowClient(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("two_nodes")
     tune_runs = client.search_runs([exp.experiment_id], "tags.`scssl.stage` = 'tune'")

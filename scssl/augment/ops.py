@@ -7,85 +7,181 @@ changes (the positions of masked genes, the noise of noisy genes), not for every
 
 from __future__ import annotations
 
+import functools
 import math
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 
 from scssl.augment.config import AugmentationConfig
 from scssl.augment.neighbours import NeighbourGraph
 
 
-def _rand(shape, like: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    return torch.rand(shape, generator=g, device=like.device, dtype=like.dtype)
+class RandomSource:
+    """The augmentations' random numbers as tensors on ``device``, reproducible from one seed.
+
+    On a GPU every number comes from the device's own generator, so that nothing crosses to the host.
+    On a CPU a step's random numbers cost about as much as its network work, and one generator runs on
+    one core: so there are ``STREAMS`` independent streams (seeded from ``seed``), and a large draw is
+    cut into that many parts, filled at the same time on torch's intra-op threads where it has more than
+    one. The numbers depend on the seed alone, not on the threads. Uniforms and integers come from
+    numpy's PCG64 (faster than torch's generator), normals from torch's (its vectorised Box-Muller
+    beats numpy's ziggurat).
+    """
+
+    STREAMS = 2
+    SPLIT_FROM = 1 << 16  # smaller draws come from the first stream alone
+
+    def __init__(self, seed: int = 0, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        if self.device.type != "cpu":
+            self._device_generator = torch.Generator(device=self.device).manual_seed(seed)
+            return
+        streams = np.random.SeedSequence(seed).spawn(self.STREAMS)
+        self._numpy = [np.random.Generator(np.random.PCG64(s)) for s in streams]
+        self._torch = [torch.Generator().manual_seed(int(s.generate_state(1)[0])) for s in streams]
+
+    @property
+    def generator(self) -> torch.Generator:
+        """A torch generator on the device, for the ops that draw through torch alone."""
+        return self._torch[0] if self.device.type == "cpu" else self._device_generator
+
+    def uniform(self, *shape: int) -> torch.Tensor:
+        """float32 in [0, 1)."""
+        if self.device.type != "cpu":
+            return torch.rand(shape, generator=self._device_generator, device=self.device)
+        out = np.empty(shape, dtype=np.float32)
+        self._fill(out.reshape(-1), lambda part, i: self._numpy[i].random(out=part, dtype=np.float32))
+        return torch.from_numpy(out)
+
+    def normal(self, *shape: int) -> torch.Tensor:
+        """float32 N(0, 1)."""
+        if self.device.type != "cpu":
+            return torch.randn(shape, generator=self._device_generator, device=self.device)
+        out = torch.empty(shape)
+        self._fill(out.view(-1), lambda part, i: part.normal_(generator=self._torch[i]))
+        return out
+
+    def integers(self, low: int, high: int, *shape: int) -> torch.Tensor:
+        """int64 uniform in [low, high)."""
+        if self.device.type != "cpu":
+            return torch.randint(low, high, shape, generator=self._device_generator, device=self.device)
+        return torch.from_numpy(self._numpy[0].integers(low, high, shape))
+
+    def poisson(self, rates: torch.Tensor) -> torch.Tensor:
+        """Poisson counts of the given rates, in ``rates``' dtype."""
+        return torch.poisson(rates, generator=self.generator)
+
+    def _fill(self, flat, fill) -> None:
+        """``fill(part, stream)`` over ``STREAMS`` consecutive parts of ``flat`` (all by stream 0 when
+        small), the parts at the same time when torch may use several threads."""
+        if len(flat) < self.SPLIT_FROM:
+            fill(flat, 0)
+            return
+        bounds = np.linspace(0, len(flat), self.STREAMS + 1).astype(int)
+        parts = [(flat[a:b], i) for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+        if torch.get_num_threads() == 1:
+            for part, i in parts:
+                fill(part, i)
+            return
+        helpers = [_helper_threads().submit(fill, part, i) for part, i in parts[1:]]
+        fill(*parts[0])
+        for helper in helpers:
+            helper.result()
 
 
-def _geometric_positions(n_rows: int, n_cols: int, q: float, g: torch.Generator, device) -> torch.Tensor:
-    """Per row, increasing positions of Bernoulli(q) successes drawn as geometric gaps; entries past the
-    row end are >= n_cols. About q x n_cols numbers are drawn per row instead of n_cols."""
+@functools.cache
+def _helper_threads() -> ThreadPoolExecutor:
+    """Threads that fill the other parts of a large draw (generators release the GIL while they fill)."""
+    return ThreadPoolExecutor(RandomSource.STREAMS - 1, thread_name_prefix="scssl-random")
+
+
+def _success_columns(n_rows: int, n_cols: int, q: float, rng: RandomSource) -> torch.Tensor:
+    """Per row, the increasing columns of independent Bernoulli(q) successes (q <= 1/2), drawn as geometric
+    gaps: about q x n_cols uniforms per row instead of n_cols. A row's draws past its end are n_cols."""
     per_chunk = int(q * n_cols + 4 * math.sqrt(n_cols * q * (1 - q)) + 8)
-    log_miss = math.log1p(-q)
-    last = torch.full((n_rows, 1), -1.0, device=device)
-    chunks = []
-    while bool((last < n_cols - 1).any()):  # rarely more than one chunk: 4 standard deviations of slack
-        u = torch.rand(n_rows, per_chunk, generator=g, device=device).clamp_(min=1e-30)
-        positions = last + torch.cumsum(torch.floor(torch.log(u) / log_miss) + 1, dim=1)
-        chunks.append(positions)
-        last = positions[:, -1:]
-    return torch.cat(chunks, dim=1)
+    inverse_log_miss = 1.0 / math.log1p(-q)
+    columns = None
+    while columns is None or bool((columns[:, -1] < n_cols - 1).any()):  # 4 standard deviations of slack:
+        u = rng.uniform(n_rows, per_chunk).clamp_(min=1e-30)                # rarely more than one chunk
+        gaps = u.log_().mul_(inverse_log_miss).ceil_()  # ceil(log u / log(1 - q)) ~ Geometric(q), >= 1
+        gaps[:, 0] += -1.0 if columns is None else columns[:, -1]
+        columns = gaps.cumsum_(1) if columns is None else torch.cat([columns, gaps.cumsum_(1)], dim=1)
+    return columns.clamp_(max=n_cols).long()
 
 
-def bernoulli_grid(n_rows: int, n_cols: int, rate: float, g: torch.Generator, device) -> torch.Tensor:
+def bernoulli_grid(n_rows: int, n_cols: int, rate: float, rng: RandomSource) -> torch.Tensor:
     """An n_rows x n_cols boolean grid of independent Bernoulli(``rate``) trials, drawn through the
     rarer outcome's geometric gaps."""
     q = min(rate, 1.0 - rate)
-    grid = torch.zeros(n_rows, n_cols + 1, dtype=torch.bool, device=device)
+    grid = torch.zeros(n_rows, n_cols + 1, dtype=torch.bool, device=rng.device)
     if q > 0:
-        grid.scatter_(1, _geometric_positions(n_rows, n_cols, q, g, device).clamp_(max=n_cols).long(), True)
+        grid.scatter_(1, _success_columns(n_rows, n_cols, q, rng), True)
     grid = grid[:, :n_cols]
     return ~grid if rate > 0.5 else grid
 
 
-def bernoulli_flat(n_cols: int, rate: float, g: torch.Generator, *row_starts: torch.Tensor) -> list[torch.Tensor]:
+def bernoulli_flat(n_cols: int, rate: float, rng: RandomSource, *row_starts: torch.Tensor) -> list[torch.Tensor]:
     """Independent Bernoulli(``rate``) trials on a len(row_starts) x n_cols grid; for each tensor of
-    row starts given, the flat indices (row start + column) of the successes.
+    row starts given, the flat indices (row start + column) of the successes, and for rates up to 1/2
+    a few of row start + n_cols: the spare draws past a row's end.
 
     Exact; for rates up to 1/2 only the successes' positions are drawn (geometric gaps), so the cost
-    follows the number of successes rather than the grid. Flat indices address ``tensor.view(-1)``.
+    follows the number of successes rather than the grid. With row starts at least n_cols + 1 apart the
+    spare draws land after the rows, in scratch space (see ``padded_rows``).
     """
     n_rows, device = len(row_starts[0]), row_starts[0].device
     if rate <= 0.0 or n_rows == 0:
         return [torch.empty(0, dtype=torch.long, device=device) for _ in row_starts]
     if rate > 0.5:
-        r, c = torch.nonzero(bernoulli_grid(n_rows, n_cols, rate, g, device), as_tuple=True)
+        r, c = torch.nonzero(bernoulli_grid(n_rows, n_cols, rate, rng), as_tuple=True)
         return [starts[r] + c for starts in row_starts]
-    positions = _geometric_positions(n_rows, n_cols, rate, g, device).long()
-    inside = positions < n_cols
-    return [torch.masked_select(positions + starts.unsqueeze(1), inside) for starts in row_starts]
+    columns = _success_columns(n_rows, n_cols, rate, rng)
+    return [(columns + starts.unsqueeze(1)).view(-1) for starts in row_starts]
 
 
-# Each op below changes ``view`` (a contiguous cells x genes tensor) in place, in the rows ``rows``
-# only, and returns it.
+# Each op below changes ``view`` (cells x genes, rows one after another in memory with scratch space
+# after each row's genes: see ``padded_rows``) in place, in the rows ``rows`` only, and returns it.
+# Spare draws past a row's end land in that scratch space, so nothing has to be filtered out.
 
-def random_mask(view: torch.Tensor, rows: torch.Tensor, rate: float, g: torch.Generator) -> torch.Tensor:
+def padded_rows(n_rows: int, n_cols: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """An uninitialised n_rows x n_cols tensor whose rows are 64-byte aligned with scratch space after
+    each (at least one element, zero): the layout the ops work in."""
+    width = (n_cols + 16) // 16 * 16
+    rows = torch.empty(n_rows, width, dtype=dtype, device=device)
+    rows[:, n_cols:] = 0.0
+    return rows[:, :n_cols]
+
+
+def _storage(view: torch.Tensor) -> torch.Tensor:
+    """``view``'s rows with their scratch space, one after another: what flat indices address."""
+    if view.stride(1) != 1 or view.stride(0) <= view.shape[1]:
+        raise ValueError("the ops need rows with scratch space after them (see padded_rows)")
+    return view.as_strided((len(view) * view.stride(0),), (1,))
+
+
+def random_mask(view: torch.Tensor, rows: torch.Tensor, rate: float, rng: RandomSource) -> torch.Tensor:
     """Zero each gene of each cell with probability ``rate``."""
-    [flat] = bernoulli_flat(view.shape[1], rate, g, rows * view.shape[1])
-    view.view(-1).index_fill_(0, flat, 0.0)
+    [flat] = bernoulli_flat(view.shape[1], rate, rng, rows * view.stride(0))
+    _storage(view).index_fill_(0, flat, 0.0)
     return view
 
 
-def gaussian_noise(view: torch.Tensor, rows: torch.Tensor, sigma: float, rate: float, g: torch.Generator):
+def gaussian_noise(view: torch.Tensor, rows: torch.Tensor, sigma: float, rate: float, rng: RandomSource):
     """Add N(0, sigma^2) to each gene of each cell with probability ``rate``."""
-    if rate > 0.5:  # most genes get noise: draw it for the whole rows and zero the rest
-        noise = torch.randn(len(rows), view.shape[1], generator=g, device=view.device, dtype=view.dtype)
-        noise.mul_(bernoulli_grid(len(rows), view.shape[1], rate, g, view.device)).mul_(sigma)
-        return view.index_add_(0, rows, noise)
-    [flat] = bernoulli_flat(view.shape[1], rate, g, rows * view.shape[1])
-    noise = torch.randn(len(flat), generator=g, device=view.device, dtype=view.dtype) * sigma
-    view.view(-1).index_add_(0, flat, noise)
+    n_genes = view.shape[1]
+    if rate > 0.5:  # most genes get noise: draw it for the whole rows, zero it where the rest lies
+        noise = rng.normal(len(rows), n_genes + 1).to(view.dtype)
+        [quiet] = bernoulli_flat(n_genes, 1.0 - rate, rng, torch.arange(len(rows), device=view.device) * (n_genes + 1))
+        noise.view(-1).index_fill_(0, quiet, 0.0)
+        return view.index_add_(0, rows, noise[:, :n_genes], alpha=sigma)
+    [flat] = bernoulli_flat(n_genes, rate, rng, rows * view.stride(0))
+    _storage(view).index_add_(0, flat, rng.normal(len(flat)).to(view.dtype), alpha=sigma)
     return view
 
 
-def inner_swap(view: torch.Tensor, rows: torch.Tensor, rate: float, g: torch.Generator) -> torch.Tensor:
+def inner_swap(view: torch.Tensor, rows: torch.Tensor, rate: float, rng: RandomSource) -> torch.Tensor:
     """Swap the values of int(rate x genes / 2) random gene pairs in each cell, as scSSL-Bench.
 
     Pairs are drawn with replacement, as in the study; a pair that shares a gene with another pair is
@@ -95,56 +191,56 @@ def inner_swap(view: torch.Tensor, rows: torch.Tensor, rate: float, g: torch.Gen
     n_pairs = int(n_genes * rate // 2)
     if n_pairs == 0 or len(rows) == 0:
         return view
-    genes = torch.randint(n_genes, (len(rows), 2 * n_pairs), generator=g, device=view.device)
-    draws = torch.zeros(len(rows), n_genes, dtype=torch.int16, device=view.device)
-    draws.scatter_add_(1, genes, torch.ones_like(genes, dtype=torch.int16))
+    genes = rng.integers(0, n_genes, len(rows), 2 * n_pairs)
+    draws = torch.zeros(len(rows), n_genes, dtype=torch.uint8, device=view.device)
+    draws.scatter_add_(1, genes, torch.ones_like(genes, dtype=torch.uint8))
     repeated = draws.gather(1, genes) > 1
+    dropped = repeated[:, :n_pairs] | repeated[:, n_pairs:]
+    genes += (rows * view.stride(0)).unsqueeze(1)
     first, second = genes[:, :n_pairs], genes[:, n_pairs:]
-    second = torch.where(repeated[:, :n_pairs] | repeated[:, n_pairs:], first, second)  # dropped: swap with itself
-    starts = (rows * n_genes).unsqueeze(1)
-    first, second = (first + starts).flatten(), (second + starts).flatten()
-    a, b = view.take(first), view.take(second)
-    flat = view.view(-1)
-    flat.index_copy_(0, first, b)
-    flat.index_copy_(0, second, a)
+    second.copy_(torch.where(dropped, first, second))  # a dropped pair swaps a gene with itself
+    flat = _storage(view)
+    flat.index_copy_(0, genes.view(-1), flat.index_select(0, genes.roll(n_pairs, dims=1).view(-1)))
     return view
 
 
 def crossover(view: torch.Tensor, rows: torch.Tensor, source: torch.Tensor, donors: torch.Tensor, rate: float,
-              g: torch.Generator) -> torch.Tensor:
-    """Take each gene of cell ``rows[i]`` from row ``donors[i]`` of ``source`` with probability ``rate``."""
+              rng: RandomSource) -> torch.Tensor:
+    """Take each gene of cell ``rows[i]`` from row ``donors[i]`` of ``source`` (cells x genes) with
+    probability ``rate``."""
     n_genes = view.shape[1]
-    flat, from_flat = bernoulli_flat(n_genes, rate, g, rows * n_genes, donors * n_genes)
-    view.view(-1).index_copy_(0, flat, source.take(from_flat))
+    flat, from_flat = bernoulli_flat(n_genes, rate, rng, rows * view.stride(0), donors * n_genes)
+    # a spare draw copies the next source row's first gene (clamped on the last row) into scratch space
+    _storage(view).index_copy_(0, flat, source.reshape(-1).index_select(0, from_flat.clamp_(max=source.numel() - 1)))
     return view
 
 
-def dropout(view: torch.Tensor, rows: torch.Tensor, rate: float, g: torch.Generator) -> torch.Tensor:
+def dropout(view: torch.Tensor, rows: torch.Tensor, rate: float, rng: RandomSource) -> torch.Tensor:
     """Zero each gene with probability ``rate`` and rescale the others by 1 / (1 - rate) (Richter et al.)."""
     view[rows] = view[rows] / (1.0 - rate)
-    return random_mask(view, rows, rate, g)
+    return random_mask(view, rows, rate, rng)
 
 
-def negative_binomial_noise(view: torch.Tensor, rows: torch.Tensor, intensity: float, g: torch.Generator,
+def negative_binomial_noise(view: torch.Tensor, rows: torch.Tensor, intensity: float, rng: RandomSource,
                             total_count: int = 10) -> torch.Tensor:
     """Add log1p of NB(total_count, p ~ U(0, 1)) counts normalised to 1e4 per cell, times ``intensity``
     (Richter et al.). NB is drawn as Poisson(Gamma(total_count, p / (1 - p))), the Gamma as a sum of
-    ``total_count`` exponentials, so that every draw comes from ``g``."""
+    ``total_count`` exponentials, so that every draw comes from ``rng``."""
     x = view[rows]
-    p = _rand(x.shape, x, g).clamp(max=0.999)
-    exponentials = -torch.log(_rand((total_count,) + tuple(x.shape), x, g).clamp(min=1e-12)).sum(dim=0)
-    counts = torch.poisson(exponentials * p / (1 - p), generator=g)
+    p = rng.uniform(*x.shape).to(x.dtype).clamp(max=0.999)
+    exponentials = -torch.log(rng.uniform(total_count, *x.shape).to(x.dtype).clamp(min=1e-12)).sum(dim=0)
+    counts = rng.poisson(exponentials * p / (1 - p))
     normalised = counts / counts.sum(dim=1, keepdim=True).clamp(min=1.0) * 1e4
     view[rows] = (x + intensity * torch.log1p(normalised)).clamp(min=0.0)
     return view
 
 
-def mix(x: torch.Tensor, partner: torch.Tensor, alpha: float, mode: str, g: torch.Generator) -> torch.Tensor:
+def mix(x: torch.Tensor, partner: torch.Tensor, alpha: float, mode: str, rng: RandomSource) -> torch.Tensor:
     """Mix each cell with its partner: ``int`` lambda x + (1 - lambda) y with lambda ~ U(alpha, 1);
     ``exc`` each gene from the partner with probability 1 - alpha; ``geo`` x^lambda y^(1 - lambda)."""
     if mode == "exc":
-        return torch.where(_rand(x.shape, x, g) >= alpha, partner, x)
-    lam = alpha + (1.0 - alpha) * _rand((x.shape[0], 1), x, g)
+        return torch.where(rng.uniform(*x.shape) >= alpha, partner, x)
+    lam = (alpha + (1.0 - alpha) * rng.uniform(x.shape[0], 1)).to(x.dtype)
     if mode == "int":
         return lam * x + (1.0 - lam) * partner
     return x.clamp(min=0.0) ** lam * partner.clamp(min=0.0) ** (1.0 - lam)
@@ -156,7 +252,8 @@ class Augmenter:
     Neighbour augmentations need ``rows`` (a function from cell indices to their dense rows, such as
     ``CellMatrix.rows``) and a ``NeighbourGraph`` of the same cells; the mini-batch's cell indices are
     passed with it. Per view the order is: BBKNN, MNN (one coin flip for both views), masking, Gaussian
-    noise, InnerSwap, CrossOver, negative-binomial noise, dropout.
+    noise, InnerSwap, CrossOver, negative-binomial noise, dropout. The two views are the halves of one
+    ``padded_rows`` tensor, so they are not contiguous (their rows carry scratch space).
     """
 
     def __init__(self, config: AugmentationConfig, device: torch.device | str = "cpu", seed: int = 0,
@@ -165,7 +262,7 @@ class Augmenter:
             raise ValueError("BBKNN and MNN augmentations need the cells' rows and a NeighbourGraph")
         self.config = config
         self.device = torch.device(device)
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.random = RandomSource(seed, self.device)
         self.rows = rows
         if graph is not None:
             self.within = torch.as_tensor(graph.within, device=self.device)
@@ -175,30 +272,36 @@ class Augmenter:
 
     def __call__(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
-        views = [x, x]
+        inputs = [x, x]
         if c.bbknn.prob > 0:
-            views = [self._some(v, c.bbknn.prob, lambda v, s: self._mix_with(v, self._balanced(idx[s]), c.bbknn))
-                     for v in views]
+            inputs = [self._some(v, c.bbknn.prob, lambda v, s: self._mix_with(v, self._balanced(idx[s]), c.bbknn))
+                      for v in inputs]
         if c.mnn.prob > 0:
-            views = self._mnn(views, idx)
-        return self._view(views[0]), self._view(views[1])
+            inputs = self._mnn(inputs, idx)
+        return self._views(inputs)
 
-    def _view(self, x: torch.Tensor) -> torch.Tensor:
-        c, g = self.config, self.generator
-        view = x.clone()
-        if (rows := self._coin(len(x), c.masking.prob)) is not None:
-            random_mask(view, rows, c.masking.rate, g)
-        if (rows := self._coin(len(x), c.gaussian_noise.prob)) is not None:
-            gaussian_noise(view, rows, c.gaussian_noise.sigma, c.gaussian_noise.rate, g)
-        if (rows := self._coin(len(x), c.inner_swap.prob)) is not None:
-            inner_swap(view, rows, c.inner_swap.rate, g)
-        if len(x) > 1 and (rows := self._coin(len(x), c.crossover.prob)) is not None:
-            crossover(view, rows, x, self._other_cells(len(x))[rows], c.crossover.rate, g)
-        if (rows := self._coin(len(x), c.negbin_noise.prob)) is not None:
-            negative_binomial_noise(view, rows, c.negbin_noise.intensity, g)
-        if (rows := self._coin(len(x), c.dropout.prob)) is not None:
-            dropout(view, rows, c.dropout.rate, g)
-        return view
+    def _views(self, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both views, augmented together as the 2n rows of one tensor: every op runs once per mini-batch
+        instead of once per view (each row has its own coins and draws). The views are its two halves."""
+        c, rng = self.config, self.random
+        n, n_genes = inputs[0].shape
+        views = padded_rows(2 * n, n_genes, inputs[0].dtype, self.device)
+        views[:n] = inputs[0]
+        views[n:] = inputs[1]
+        if (rows := self._coin(2 * n, c.masking.prob)) is not None:
+            random_mask(views, rows, c.masking.rate, rng)
+        if (rows := self._coin(2 * n, c.gaussian_noise.prob)) is not None:
+            gaussian_noise(views, rows, c.gaussian_noise.sigma, c.gaussian_noise.rate, rng)
+        if (rows := self._coin(2 * n, c.inner_swap.prob)) is not None:
+            inner_swap(views, rows, c.inner_swap.rate, rng)
+        if n > 1 and (rows := self._coin(2 * n, c.crossover.prob)) is not None:
+            source, donors = self._donors(inputs, rows)
+            crossover(views, rows, source, donors, c.crossover.rate, rng)
+        if (rows := self._coin(2 * n, c.negbin_noise.prob)) is not None:
+            negative_binomial_noise(views, rows, c.negbin_noise.intensity, rng)
+        if (rows := self._coin(2 * n, c.dropout.prob)) is not None:
+            dropout(views, rows, c.dropout.rate, rng)
+        return views[:n], views[n:]
 
     def _coin(self, n: int, prob: float) -> torch.Tensor | None:
         """The positions of the cells that win a coin flip of probability ``prob``; None when none can."""
@@ -206,7 +309,17 @@ class Augmenter:
             return None
         if prob >= 1.0:
             return torch.arange(n, device=self.device)
-        return torch.nonzero(torch.rand(n, generator=self.generator, device=self.device) < prob).squeeze(1)
+        return torch.nonzero(self.random.uniform(n) < prob).squeeze(1)
+
+    def _donors(self, inputs: list[torch.Tensor], rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For each of ``rows`` (of the stacked views), another uniformly random cell of the mini-batch, as
+        a row of the returned source: the view's own input before its augmentations."""
+        n = len(inputs[0])
+        cells = rows % n
+        others = (cells + self.random.integers(1, n, len(rows))) % n
+        if inputs[0] is inputs[1]:
+            return inputs[0], others
+        return torch.cat(inputs), others + rows - cells
 
     def _some(self, x: torch.Tensor, prob: float, op) -> torch.Tensor:
         """A copy of ``x`` with ``op(cells, their positions)`` applied to the cells that win the coin flip."""
@@ -217,14 +330,9 @@ class Augmenter:
         out[rows] = op(x[rows], rows)
         return out
 
-    def _other_cells(self, n: int) -> torch.Tensor:
-        """For each position, another uniformly random position of the mini-batch."""
-        shift = torch.randint(1, n, (n,), generator=self.generator, device=self.device)
-        return (torch.arange(n, device=self.device) + shift) % n
-
     def _pick(self, candidates: torch.Tensor, counts: torch.Tensor | int) -> torch.Tensor:
         """One uniformly random column per row among the first ``counts`` of ``candidates``."""
-        u = torch.rand(len(candidates), generator=self.generator, device=self.device)
+        u = self.random.uniform(len(candidates))
         column = (u * counts).long().clamp(max=candidates.shape[1] - 1)
         return candidates.gather(1, column.unsqueeze(1)).squeeze(1)
 
@@ -236,7 +344,7 @@ class Augmenter:
         return self._pick(self.within[cells, :knn], knn)
 
     def _mix_with(self, x: torch.Tensor, partners: torch.Tensor, settings) -> torch.Tensor:
-        return mix(x, self.rows(partners), settings.alpha, settings.mode, self.generator)
+        return mix(x, self.rows(partners), settings.alpha, settings.mode, self.random)
 
     def _mnn(self, views: list[torch.Tensor], idx: torch.Tensor) -> list[torch.Tensor]:
         """CLAIRE-style: view 1 mixes the cell with a within-batch neighbour; view 2 mixes one of the cell's

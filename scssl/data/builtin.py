@@ -36,6 +36,15 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
         description="NeurIPS 2021 BMMC CITE-seq starter, RNA: 600 cells x 1,000 genes, "
         "2 donors (s1d1, s1d2), 41 cell types, raw counts in layers['counts']. MIT (see PROVENANCE.md).",
     ),
+    "pbmc_hao2021": BuiltinDataset(
+        file="hao2021_pbmc_mosaic_rna.h5ad",
+        batch_key="batch",
+        labels_key="celltype",
+        counts_layer=None,
+        query_batches=("p4_0",),
+        description="Hao et al. 2021 PBMC CITE-seq subset, RNA: 1,200 cells x 500 genes, "
+        "3 donors (p1_0, p3_0, p4_0), 8 cell types, raw counts in X. MIT (see PROVENANCE.md).",
+    ),
 }
 
 

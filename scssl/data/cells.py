@@ -11,14 +11,18 @@ class CellMatrix:
     """A cells x genes matrix held on ``device``; ``rows(idx)`` returns a dense mini-batch.
 
     A sparse matrix stays sparse on the device (CSR arrays) and only the selected rows are
-    densified, so a large data set never exists densely in memory.
+    densified, so a large data set never exists densely in memory. On a CPU scipy densifies them: its
+    compiled row loop is several times faster than the index operations that do it on a GPU.
     """
 
     def __init__(self, X: np.ndarray | sp.spmatrix, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.n_cells, self.n_genes = X.shape
         self.sparse = sp.issparse(X)
-        if self.sparse:
+        self._csr = None
+        if self.sparse and self.device.type == "cpu":
+            self._csr = sp.csr_matrix(X, dtype=np.float32)
+        elif self.sparse:
             X = sp.csr_matrix(X, dtype=np.float32)
             self._indptr = torch.as_tensor(X.indptr.astype(np.int64), device=self.device)
             self._indices = torch.as_tensor(X.indices.astype(np.int64), device=self.device)
@@ -28,7 +32,9 @@ class CellMatrix:
 
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
         if not self.sparse:
-            return self._dense[idx]
+            return self._dense.index_select(0, idx)  # a third of the time of self._dense[idx] on a CPU
+        if self._csr is not None:
+            return torch.from_numpy(self._csr[idx.numpy()].toarray())
         starts = self._indptr[idx]
         counts = self._indptr[idx + 1] - starts
         nnz = int(counts.sum())

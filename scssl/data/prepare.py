@@ -15,7 +15,6 @@ import anndata as ad
 from anndata import OldFormatWarning
 import numpy as np
 import pandas as pd
-import scanpy as sc
 import scipy.sparse as sp
 
 from scssl.data.spec import DatasetSpec
@@ -78,6 +77,8 @@ def read_h5ad(path: str | Path) -> ad.AnnData:
 
 def prepare(spec: DatasetSpec, adata: ad.AnnData | None = None) -> PreparedDataset:
     """Load (unless ``adata`` is given), validate and preprocess the data set of a resolved ``spec``."""
+    import scanpy as sc  # here, not at the top: it takes seconds, and trial workers only unpickle the result
+
     source = spec.path
     adata = read_h5ad(spec.path) if adata is None else adata
     for what, key in (("batch_key", spec.batch_key), ("labels_key", spec.labels_key)):
@@ -121,6 +122,8 @@ def select_hvgs(reference: ad.AnnData, n_hvgs: int) -> list[str]:
     """Batch-aware highly variable genes of log-normalised reference cells, in the data's gene order."""
     if n_hvgs >= reference.n_vars:
         return list(reference.var_names)
+    import scanpy as sc
+
     table = sc.pp.highly_variable_genes(
         reference, n_top_genes=n_hvgs, flavor="seurat", batch_key="batch", inplace=False
     )

@@ -2,7 +2,8 @@
 
 scib-metrics' ``Benchmarker`` computes nine of them; it has no silhouette-batch slot any more
 (BRAS replaced it), so that one is called directly. Neighbours are exact (scikit-learn), which
-avoids pynndescent's compile time per process and makes the scores deterministic.
+avoids pynndescent's compile time per process and makes the scores deterministic. scib-metrics
+(and JAX under it) is imported on first use: it takes seconds, and tuning trials never need it.
 """
 
 from __future__ import annotations
@@ -12,9 +13,6 @@ import logging
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scib_metrics
-from scib_metrics.benchmark import BatchCorrection, Benchmarker, BioConservation
-from scib_metrics.nearest_neighbors import NeighborsResults
 from sklearn.neighbors import NearestNeighbors
 
 BIO_METRICS = ["isolated_labels", "leiden_nmi", "leiden_ari", "silhouette_label", "clisi"]
@@ -29,8 +27,10 @@ _SCIB_NAMES = {
 }
 
 
-def exact_neighbors(X: np.ndarray, k: int) -> NeighborsResults:
-    """k exact Euclidean neighbours of each row (itself included), as scib-metrics expects."""
+def exact_neighbors(X: np.ndarray, k: int):
+    """k exact Euclidean neighbours of each row (itself included), as scib-metrics' NeighborsResults."""
+    from scib_metrics.nearest_neighbors import NeighborsResults
+
     distances, indices = NearestNeighbors(n_neighbors=min(k, len(X))).fit(X).kneighbors(X)
     return NeighborsResults(indices=indices, distances=distances)
 
@@ -49,6 +49,9 @@ def scib_scores(
 
     ``pre_integration`` is the PCA of the preprocessed expression (for PCR comparison).
     """
+    import scib_metrics
+    from scib_metrics.benchmark import BatchCorrection, Benchmarker, BioConservation
+
     scib_metrics.settings.verbosity = logging.WARNING  # its per-label INFO lines drown the progress output
     batch, labels = np.asarray(batch).astype(str), np.asarray(labels).astype(str)
     cells = ad.AnnData(

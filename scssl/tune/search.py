@@ -67,6 +67,7 @@ def tune_method(experiment: Experiment, dataset: str, data_ref, method: str, tra
                 reduction_factor=cfg.tune.reduction_factor,
             ),
             max_concurrent_trials=cfg.tune.max_concurrent_trials or None,
+            reuse_actors=cfg.tune.reuse_actors,
         ),
         run_config=tune.RunConfig(
             name=_fresh_name(experiment, f"{dataset}__{method}"),

@@ -26,6 +26,9 @@ class TuneSettings:
     kNN accuracy of their batch) and the study reports the Pareto front of the two; ASHA then stops
     trials on 0.6 x cell-type accuracy + 0.4 x batch mixing (scIB's weights).
     A crashing trial is retried up to ``max_retries`` times; a trial whose loss is NaN is not.
+    With ``reuse_actors`` a finished trial's worker process runs the next trial, which saves the seconds
+    a new worker spends importing torch and scssl; a worker that starts first then takes more of a
+    short trials' study than the others.
     """
 
     num_samples: Annotated[int, Field(ge=1)] = 8
@@ -38,6 +41,7 @@ class TuneSettings:
     cpus_per_trial: Annotated[float, Field(gt=0)] = 1.0
     gpus_per_trial: Annotated[float, Field(ge=0)] = 0.0
     max_concurrent_trials: Annotated[int, Field(ge=0)] = 0
+    reuse_actors: bool = True
     validation_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
     validation_max_cells: Annotated[int, Field(ge=10)] = 2000
 
