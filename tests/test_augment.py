@@ -1,4 +1,5 @@
 import numpy as np
+from scipy import stats
 import pytest
 import torch
 
@@ -135,12 +136,13 @@ def test_mix_exchange_takes_genes_from_partner_with_probability_one_minus_alpha(
     assert abs(mix(x, y, 0.3, "exc", _gen()).mean().item() - 0.7) < 0.02
 
 
+@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("name", ["masking", "gaussian_noise", "inner_swap", "crossover", "negbin_noise", "dropout"])
 @pytest.mark.parametrize("prob", [0.0, 0.3, 1.0])
-def test_each_view_applies_an_augmentation_with_its_probability(name, prob):
+def test_each_view_applies_an_augmentation_with_its_probability(name, prob, compiled):
     config = _only(**{name: {"prob": prob}})
     x = torch.rand(3000, 60) + 1.0
-    first, second = ((view != x).any(dim=1).float() for view in Augmenter(config, seed=1)(x))
+    first, second = ((view != x).any(dim=1).float() for view in Augmenter(config, seed=1, compiled=compiled)(x))
     for changed in (first, second):
         assert abs(changed.mean().item() - prob) < 0.035
     assert abs((first * second).mean().item() - prob**2) < 0.035  # independent coins for the two views
@@ -158,20 +160,86 @@ def test_clear_pipeline_is_the_default_and_presets_apply():
     assert all(getattr(OFF, n).prob == 0 for n in ("masking", "gaussian_noise", "inner_swap", "crossover"))
 
 
-def test_same_seed_same_views_and_views_differ():
+@pytest.mark.parametrize("compiled", [True, False])
+def test_same_seed_same_views_and_views_differ(compiled):
     x = torch.rand(64, 100)
-    a1, a2 = Augmenter(AugmentationConfig(), seed=7)(x)
-    b1, b2 = Augmenter(AugmentationConfig(), seed=7)(x)
+    a1, a2 = Augmenter(AugmentationConfig(), seed=7, compiled=compiled)(x)
+    b1, b2 = Augmenter(AugmentationConfig(), seed=7, compiled=compiled)(x)
     assert torch.equal(a1, b1) and torch.equal(a2, b2)
     assert not torch.equal(a1, a2)
-    assert not torch.equal(a1, Augmenter(AugmentationConfig(), seed=8)(x)[0])
+    assert not torch.equal(a1, Augmenter(AugmentationConfig(), seed=8, compiled=compiled)(x)[0])
 
 
-def test_input_is_not_modified():
+@pytest.mark.parametrize("compiled", [True, False])
+def test_input_is_not_modified(compiled):
     x = torch.rand(32, 20)
     before = x.clone()
-    Augmenter(_only(masking={"prob": 1.0}, inner_swap={"prob": 1.0}, crossover={"prob": 1.0}), seed=0)(x)
+    config = _only(masking={"prob": 1.0}, inner_swap={"prob": 1.0}, crossover={"prob": 1.0})
+    Augmenter(config, seed=0, compiled=compiled)(x)
     assert torch.equal(x, before)
+
+
+# The compiled row-wise pass (the CPU default) against the stated rates, as the tensor ops above.
+
+def _compiled_view(x: torch.Tensor, seed: int = 0, **sections) -> torch.Tensor:
+    """The first view of ``x`` with the given augmentations at prob 1, through the compiled pass."""
+    return Augmenter(_only(**{name: {"prob": 1.0, **kw} for name, kw in sections.items()}), seed=seed,
+                     compiled=True)(x)[0]
+
+
+@pytest.mark.parametrize("rate", [0.05, 0.2, 0.5, 0.9])
+def test_compiled_masking_zeroes_the_stated_fraction(rate):
+    out = _compiled_view(torch.rand(256, 1000) + 1.0, masking={"rate": rate})
+    assert abs((out == 0).float().mean().item() - rate) < 0.01
+    per_row = (out == 0).float().mean(dim=1)  # independent genes: binomial spread across cells
+    assert abs(per_row.var().item() - rate * (1 - rate) / 1000) < 0.3 * rate * (1 - rate) / 1000
+
+
+@pytest.mark.parametrize("rate", [0.3, 0.8, 1.0])
+def test_compiled_gaussian_noise_is_normal_at_its_rate_and_sigma(rate):
+    x = torch.ones(256, 1000)
+    out = _compiled_view(x, gaussian_noise={"sigma": 0.5, "rate": rate})
+    changed = out != x
+    assert abs(changed.float().mean().item() - rate) < 0.01
+    noise = ((out - x)[changed] / 0.5).double().numpy()
+    assert abs(noise.mean()) < 0.01 and abs(noise.std() - 1.0) < 0.01
+    assert stats.kstest(noise, "norm").pvalue > 1e-3
+    beyond = np.abs(noise) > 3.0  # the ziggurat's tail beyond its base layer is drawn apart
+    assert abs(beyond.mean() - 2 * stats.norm.sf(3.0)) < 4 * np.sqrt(2 * stats.norm.sf(3.0) / len(noise))
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.3, 0.6])
+def test_compiled_inner_swap_permutes_the_stated_fraction(rate):
+    x = torch.rand(256, 1000)
+    out = _compiled_view(x, inner_swap={"rate": rate})
+    assert torch.equal(out.sort(dim=1).values, x.sort(dim=1).values)  # each cell's values, moved
+    pairs = int(1000 * rate // 2)
+    expected = 2 * pairs / 1000 * (1 - 2 / 1000) ** (2 * pairs - 2)
+    assert abs((out != x).float().mean().item() - expected) < 0.01
+
+
+def test_compiled_crossover_takes_the_stated_fraction_from_one_other_cell():
+    x = torch.rand(256, 1000)
+    out = _compiled_view(x, crossover={"rate": 0.25})
+    changed = out != x
+    assert abs(changed.float().mean().item() - 0.25) < 0.01
+    for row in range(256):
+        genes = torch.nonzero(changed[row]).squeeze(1)
+        donors = (x[:, genes] == out[row, genes]).all(dim=1).nonzero().squeeze(1)
+        assert donors.tolist() != [row] and len(donors) == 1
+
+
+def test_compiled_views_do_not_depend_on_the_number_of_threads():
+    x = torch.rand(128, 300)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = Augmenter(AugmentationConfig(), seed=3)(x)
+        torch.set_num_threads(2)
+        two = Augmenter(AugmentationConfig(), seed=3)(x)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(one, two))
 
 
 @pytest.fixture(scope="module")

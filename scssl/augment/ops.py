@@ -3,6 +3,8 @@
 ``Augmenter`` flips one coin per cell and view for each augmentation; the op then changes only the
 cells that won it, in place in a copy of the mini-batch, and draws random numbers only for what it
 changes (the positions of masked genes, the noise of noisy genes), not for every gene of every cell.
+On a CPU the ``Augmenter`` runs masking, Gaussian noise, InnerSwap and CrossOver as the compiled pass
+of ``rowwise`` instead, which is faster there than these ops.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from scssl.augment import rowwise
 from scssl.augment.config import AugmentationConfig
 from scssl.augment.neighbours import NeighbourGraph
 
@@ -68,6 +71,10 @@ class RandomSource:
         if self.device.type != "cpu":
             return torch.randint(low, high, shape, generator=self._device_generator, device=self.device)
         return torch.from_numpy(self._numpy[0].integers(low, high, shape))
+
+    def keys(self, *shape: int) -> np.ndarray:
+        """uint64 keys of the counter-based generator of ``rowwise`` (CPU only)."""
+        return self._numpy[0].integers(0, 2**64, shape, dtype=np.uint64)
 
     def poisson(self, rates: torch.Tensor) -> torch.Tensor:
         """Poisson counts of the given rates, in ``rates``' dtype."""
@@ -254,14 +261,21 @@ class Augmenter:
     passed with it. Per view the order is: BBKNN, MNN (one coin flip for both views), masking, Gaussian
     noise, InnerSwap, CrossOver, negative-binomial noise, dropout. The two views are the halves of one
     ``padded_rows`` tensor, so they are not contiguous (their rows carry scratch space).
+
+    With ``compiled`` (the default on a CPU) masking, Gaussian noise, InnerSwap and CrossOver run as one
+    compiled pass per cell (``rowwise``); otherwise (on a GPU) as the tensor ops of this module. Both
+    have the same semantics; a seed gives the same views with the same choice.
     """
 
     def __init__(self, config: AugmentationConfig, device: torch.device | str = "cpu", seed: int = 0,
-                 rows=None, graph: NeighbourGraph | None = None):
+                 rows=None, graph: NeighbourGraph | None = None, compiled: bool | None = None):
         if config.uses_neighbours and (rows is None or graph is None):
             raise ValueError("BBKNN and MNN augmentations need the cells' rows and a NeighbourGraph")
         self.config = config
         self.device = torch.device(device)
+        self.compiled = self.device.type == "cpu" if compiled is None else compiled
+        if self.compiled and self.device.type != "cpu":
+            raise ValueError(f"the compiled row-wise augmentations run on a CPU, not on {self.device}")
         self.random = RandomSource(seed, self.device)
         self.rows = rows
         if graph is not None:
@@ -286,6 +300,29 @@ class Augmenter:
         c, rng = self.config, self.random
         n, n_genes = inputs[0].shape
         views = padded_rows(2 * n, n_genes, inputs[0].dtype, self.device)
+        if self.compiled:
+            self._row_wise_compiled(views, inputs)
+        else:
+            self._row_wise_ops(views, inputs)
+        if (rows := self._coin(2 * n, c.negbin_noise.prob)) is not None:
+            negative_binomial_noise(views, rows, c.negbin_noise.intensity, rng)
+        if (rows := self._coin(2 * n, c.dropout.prob)) is not None:
+            dropout(views, rows, c.dropout.rate, rng)
+        return views[:n], views[n:]
+
+    def _row_wise_compiled(self, views: torch.Tensor, inputs: list[torch.Tensor]) -> None:
+        c, n = self.config, len(inputs[0])
+        flags = [self._coin_flags(2 * n, prob) for prob in
+                 (c.masking.prob, c.gaussian_noise.prob, c.inner_swap.prob, c.crossover.prob if n > 1 else 0.0)]
+        everyone = torch.arange(2 * n)
+        source, donors = self._donors(inputs, everyone) if n > 1 else (torch.cat(inputs), everyone)
+        source_rows = everyone % n if source is inputs[0] else everyone
+        rowwise.augment_rows(views, source.contiguous(), source_rows, self.random.keys(2 * n, 4), *flags,
+                             donors, c)
+
+    def _row_wise_ops(self, views: torch.Tensor, inputs: list[torch.Tensor]) -> None:
+        c, rng = self.config, self.random
+        n = len(inputs[0])
         views[:n] = inputs[0]
         views[n:] = inputs[1]
         if (rows := self._coin(2 * n, c.masking.prob)) is not None:
@@ -297,11 +334,6 @@ class Augmenter:
         if n > 1 and (rows := self._coin(2 * n, c.crossover.prob)) is not None:
             source, donors = self._donors(inputs, rows)
             crossover(views, rows, source, donors, c.crossover.rate, rng)
-        if (rows := self._coin(2 * n, c.negbin_noise.prob)) is not None:
-            negative_binomial_noise(views, rows, c.negbin_noise.intensity, rng)
-        if (rows := self._coin(2 * n, c.dropout.prob)) is not None:
-            dropout(views, rows, c.dropout.rate, rng)
-        return views[:n], views[n:]
 
     def _coin(self, n: int, prob: float) -> torch.Tensor | None:
         """The positions of the cells that win a coin flip of probability ``prob``; None when none can."""
@@ -310,6 +342,13 @@ class Augmenter:
         if prob >= 1.0:
             return torch.arange(n, device=self.device)
         return torch.nonzero(self.random.uniform(n) < prob).squeeze(1)
+
+    def _coin_flags(self, n: int, prob: float) -> np.ndarray:
+        """Per position, whether it wins a coin flip of probability ``prob`` (CPU)."""
+        flags = np.zeros(n, dtype=bool)
+        if (rows := self._coin(n, prob)) is not None:
+            flags[rows.numpy()] = True
+        return flags
 
     def _donors(self, inputs: list[torch.Tensor], rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For each of ``rows`` (of the stacked views), another uniformly random cell of the mini-batch, as
