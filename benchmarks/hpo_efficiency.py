@@ -135,9 +135,15 @@ def render(result: dict) -> str:
             f"| {seed} | {result['grid_best'][i]:.3f} | {result['grid_trial_epochs'][i]} | "
             f"{reach if result['reached'][i] else f'not reached ({reach})'} | {result['ratio'][i]:.3f} | "
             f"{result['tpe_best'][i]:.3f} | {result['tpe_trial_epochs'][i]} |")
-    lines += [f"| mean | | | | {result['mean_ratio']:.3f} | | |", "",
-              f"TPE + ASHA needed {result['mean_ratio']:.1%} of the grid's trial-epochs on average "
-              f"(mean ratio {result['mean_ratio']:.3f}); {result['runtime_s']} s in all."]
+    missed = [seed for seed, reached in zip(result["seeds"], result["reached"]) if not reached]
+    lines += [f"| mean | | | | {result['mean_ratio']:.3f} | | |", ""]
+    if missed:
+        lines.append(f"TPE + ASHA did not come within {TOLERANCE} of the grid's best for seed(s) "
+                     f"{', '.join(map(str, missed))} in {result['tpe_trials']} trials: their ratio, and so the mean "
+                     f"({result['mean_ratio']:.3f}), is only a lower bound; {result['runtime_s']} s in all.")
+    else:
+        lines.append(f"TPE + ASHA needed {result['mean_ratio']:.1%} of the grid's trial-epochs on average "
+                     f"(mean ratio {result['mean_ratio']:.3f}); {result['runtime_s']} s in all.")
     return "\n".join(lines)
 
 
@@ -146,7 +152,10 @@ def main() -> None:
     parser.add_argument("--method", default="simclr")
     parser.add_argument("--epochs", type=int, default=30, help="epochs of a full trial (ASHA's max_t)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--trials", type=int, default=30, help="TPE trials per seed")
+    parser.add_argument("--trials", type=int, default=45,
+                        help="TPE trials per seed: at about 14 epochs a trial under ASHA, enough to spend more "
+                             "than 30 %% of the grid's trial-epochs, so a seed that does not reach fails the "
+                             "target rather than running out of trials")
     parser.add_argument("--grace-period", type=int, default=5)
     parser.add_argument("--reduction-factor", type=int, default=2)
     parser.add_argument("--output-dir", help="folder for the studies (default: a new temporary folder)")
