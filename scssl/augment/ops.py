@@ -180,7 +180,8 @@ def gaussian_noise(view: torch.Tensor, rows: torch.Tensor, sigma: float, rate: f
     n_genes = view.shape[1]
     if rate > 0.5:  # most genes get noise: draw it for the whole rows, zero it where the rest lies
         noise = rng.normal(len(rows), n_genes + 1).to(view.dtype)
-        [quiet] = bernoulli_flat(n_genes, 1.0 - rate, rng, torch.arange(len(rows), device=view.device) * (n_genes + 1))
+        noise_starts = torch.arange(len(rows), device=view.device) * (n_genes + 1)
+        [quiet] = bernoulli_flat(n_genes, 1.0 - rate, rng, noise_starts)
         noise.view(-1).index_fill_(0, quiet, 0.0)
         return view.index_add_(0, rows, noise[:, :n_genes], alpha=sigma)
     [flat] = bernoulli_flat(n_genes, rate, rng, rows * view.stride(0))

@@ -21,10 +21,14 @@ layer taken from other bits than the value (Doornik 2005).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from scssl.augment.config import AugmentationConfig
 
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -142,13 +146,13 @@ def _below(rate: float) -> np.uint64:
 
 def augment_rows(views: torch.Tensor, source: torch.Tensor, source_rows: torch.Tensor, keys: np.ndarray,
                  masking: np.ndarray, noise: np.ndarray, swap: np.ndarray, crossover: np.ndarray,
-                 donors: torch.Tensor, config) -> torch.Tensor:
+                 donors: torch.Tensor, config: AugmentationConfig) -> torch.Tensor:
     """Fill ``views`` (CPU, rows x genes, rows one after another, as ``padded_rows``) with the rows
     ``source_rows`` of ``source`` and augment them.
 
     ``masking``, ``noise``, ``swap`` and ``crossover`` are per-row flags (the coins the cells won);
     ``donors`` are the CrossOver donors' rows of ``source``; ``keys`` (rows x 4, uint64) seed each row's
-    numbers of each augmentation; ``config`` is the ``AugmentationConfig``.
+    numbers of each augmentation.
     """
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     c, (n_rows, n_genes) = config, views.shape
