@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import numpy as np
 from scipy import stats
 import pytest
@@ -240,6 +244,21 @@ def test_compiled_views_do_not_depend_on_the_number_of_threads():
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for a, b in zip(one, two))
+
+
+def test_compiled_pass_leaves_torch_its_threads():
+    """numba's first parallel call in a process starts its OpenMP threads and raised torch's count to
+    every core, so the first trial in a fresh Ray worker trained on more threads than it was given."""
+    script = (
+        "import torch\n"
+        "from scssl.augment import AugmentationConfig, Augmenter\n"
+        "torch.set_num_threads(1)\n"
+        "Augmenter(AugmentationConfig(), seed=0)(torch.rand(64, 100))\n"
+        "print(torch.get_num_threads())\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1"]
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,11 @@ from types import SimpleNamespace
 
 import optuna
 
+from ray.tune.search import SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from scssl.methods import METHODS
-from scssl.tune.search import _plan, pareto_front
+from scssl.tune.search import AnswerRepeats, _final_results, _plan, pareto_front
 from scssl.tune.search_space import GRID_POINT, parse_search_space
 from scssl.tune.settings import TuneSettings
 
@@ -49,3 +50,59 @@ def test_pareto_front_keeps_the_runs_no_other_beats_on_both():
     front = pareto_front(runs, names)
     assert [(r.data.metrics["bio"], r.data.metrics["batch"]) for r in front] == [
         (0.9, 0.1), (0.5, 0.5), (0.2, 0.8), (0.2, 0.8)]  # (0.4, 0.4) is beaten by (0.5, 0.5); ties stay
+
+
+def _answering(epochs=4, known=None):
+    searcher = OptunaSearch(sampler=optuna.samplers.RandomSampler(seed=0), metric="val_knn_accuracy", mode="max")
+    answering = AnswerRepeats(searcher, SPACE, epochs, known)
+    answering.set_search_properties("val_knn_accuracy", "max", SPACE.param_space())
+    return answering
+
+
+def _temperature(config):
+    return config["method"]["temperature"]
+
+
+def test_a_proposal_of_a_configuration_that_trained_all_its_epochs_is_answered_not_run():
+    answering = _answering()
+    tried = {}
+    for i in range(12):  # each temperature once to its last epoch, except 1.0, which ASHA stops at epoch 2
+        config = answering.suggest(f"t{i}")
+        temperature = _temperature(config)
+        assert temperature not in (t for t, epochs in tried.items() if epochs == 4)
+        epochs = 2 if temperature == 1.0 else 4
+        tried[temperature] = epochs
+        answering.on_trial_result(f"t{i}", {"val_knn_accuracy": temperature, "training_iteration": 1})
+        answering.on_trial_complete(f"t{i}", {"val_knn_accuracy": temperature, "training_iteration": epochs})
+    assert tried == {0.1: 4, 0.5: 4, 1.0: 2} and answering.answered > 0
+    told = [t for t in answering.searcher._ot_study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(told) == 12 + answering.answered  # Optuna learns each answer as a trial
+    assert all(t.value == t.params["method/temperature"] for t in told)
+
+
+def test_an_exhausted_space_runs_the_repeat():
+    answering = _answering(known={f'{{"method/temperature": {t}}}': {"val_knn_accuracy": t} for t in (0.1, 0.5, 1.0)})
+    answering.MAX_ASKS = 5
+    assert _temperature(answering.suggest("t0")) in (0.1, 0.5, 1.0) and answering.answered == 4
+
+
+def test_a_resumed_stage_knows_the_finished_trials_that_trained_all_epochs():
+    runs = [_run({"method": {"temperature": 0.5}, "train": {"lr": 0.001}}, val_knn_accuracy=0.8),
+            _run({"method": {"temperature": 1.0}, "train": {"lr": 0.001}}, val_knn_accuracy=0.7),
+            _run({"method": {"temperature": 0.1}}, status="FAILED")]
+    last_epoch = {runs[0].info.run_id: 4, runs[1].info.run_id: 2}  # the second one ASHA stopped
+    client = SimpleNamespace(get_metric_history=lambda run_id, _: [SimpleNamespace(step=s) for s in
+                                                                    range(1, last_epoch[run_id] + 1)])
+    known = _final_results(SimpleNamespace(client=client), runs, SPACE, 4)
+    assert known == {'{"method/temperature": 0.5}': {"val_knn_accuracy": 0.8}}
+
+
+def test_tune_can_checkpoint_the_answering_searcher(tmp_path):
+    answering = _answering()
+    answering.suggest("t0")
+    answering.on_trial_complete("t0", {"val_knn_accuracy": 0.9, "training_iteration": 4})
+    SearchGenerator(answering).save_to_dir(str(tmp_path), "s")  # what Tune does as it goes
+    again = SearchGenerator(_answering())
+    again.restore_from_dir(str(tmp_path))
+    assert again.searcher.known == answering.known and len(answering.known) == 1
+    assert len(again.searcher.searcher._ot_study.trials) == 1

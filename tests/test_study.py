@@ -186,3 +186,16 @@ def test_a_sweep_retrains_every_grid_point_without_tuning(tmp_path, small_experi
     assert sorted(table["variant"]) == ["temperature=0.5", "temperature=2.0"]
     adata = ad.read_h5ad(tmp_path / "out" / "results" / "embeddings_synthetic.h5ad")
     assert {"X_simclr_temperature=0.5_reference_model", "X_simclr_temperature=2.0_reference_model"} <= set(adata.obsm)
+
+
+def test_a_reused_worker_trains_a_configuration_to_the_same_curve(tmp_path, small_experiment):
+    """The first trial runs in a new worker, the others in that worker after it: one curve for all."""
+    experiment = small_experiment(
+        "reuse", search_space={"method": {"temperature": {"choice": [0.5]}}}, train={"epochs": 4, "batch_size": 64},
+        tune={"search": "grid", "num_samples": 3, "grace_period": 4, "max_concurrent_trials": 1,
+              "reuse_actors": True})
+    assert main(["tune", str(experiment)]) == 0
+    client = MlflowClient(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
+    curves = {tuple(m.value for m in sorted(client.get_metric_history(r.info.run_id, "loss"), key=lambda m: m.step))
+              for r in _runs(client, "tune", "reuse")}
+    assert len(curves) == 1 and len(next(iter(curves))) == 4

@@ -139,6 +139,20 @@ def _augment_rows(views, n_genes, source, source_rows, keys, masking, mask_below
                     view[j] = donor[j]
 
 
+def _numba_threads_as_torch() -> None:
+    """Run the pass on as many threads as torch's intra-op pool has.
+
+    numba's OpenMP layer, when it starts its threads (the first parallel call in a process), sets the
+    OpenMP thread count of the calling thread to every core, and torch reads that count as its own: a
+    trial given one CPU would train on all of them from its first mini-batch on, and end a rounding
+    away from the same trial in a worker whose threads had already started. Put torch's count back.
+    """
+    threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def _below(rate: float) -> np.uint64:
     """The 64-bit bound under which a uniform 64-bit number falls with probability ``rate``."""
     return np.uint64(min(int(rate * 2.0**64), 2**64 - 1))
@@ -154,7 +168,7 @@ def augment_rows(views: torch.Tensor, source: torch.Tensor, source_rows: torch.T
     ``donors`` are the CrossOver donors' rows of ``source``; ``keys`` (rows x 4, uint64) seed each row's
     numbers of each augmentation.
     """
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    _numba_threads_as_torch()
     c, (n_rows, n_genes) = config, views.shape
     rows = views.as_strided((n_rows, views.stride(0)), (views.stride(0), 1))  # contiguous: compiles faster code
     _augment_rows(

@@ -8,12 +8,14 @@ finished trials' results before they propose new ones. ASHA's rungs start afresh
 
 from __future__ import annotations
 
+import copy
 import json
 from collections import Counter
 
 import optuna
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
@@ -23,7 +25,7 @@ from scssl.tune.callback import MLflowTrialCallback
 from scssl.tune.search_space import SearchSpace, config_key, grid_param_space
 from scssl.tune.settings import TuneSettings
 from scssl.tune.tracking import CONFIG, Tracker
-from scssl.tune.trainable import BATCH_METRIC, METRIC, MODE, SCORE, run_trial
+from scssl.tune.trainable import BATCH_METRIC, METRIC, MODE, NONFINITE, SCORE, run_trial
 
 
 def objectives(tune_settings: TuneSettings) -> list[str]:
@@ -40,6 +42,9 @@ def tune_method(experiment: Experiment, dataset: str, data_ref, method: str, tra
     killed = tracker.close_dead_runs(**tags)
     done = [r for r in tracker.runs(**tags) if Tracker.ended_for_good(r)]
     searcher, param_space, num_samples, n_todo = _plan(cfg.tune, space, done)
+    if isinstance(searcher, OptunaSearch):
+        known = _final_results(tracker, done, space, cfg.train.epochs)
+        searcher = AnswerRepeats(searcher, space, cfg.train.epochs, known)
     total = n_todo + len(done)
     print(f"[tune] {dataset}/{method}: {n_todo} of {total} trials to run ({cfg.tune.search}), up to "
           f"{cfg.train.epochs} epochs each" + (f"; {killed} run(s) of a stopped driver closed as KILLED"
@@ -78,6 +83,79 @@ def tune_method(experiment: Experiment, dataset: str, data_ref, method: str, tra
         ),
     )
     tuner.fit()
+    if isinstance(searcher, AnswerRepeats) and searcher.answered:
+        print(f"[tune] {dataset}/{method}: {searcher.answered} proposal(s) of a configuration that had trained all "
+              f"its epochs answered with that trial's result instead of training it again", flush=True)
+
+
+class AnswerRepeats(Searcher):
+    """Answers a proposal of a configuration that has trained all its epochs already (or whose loss
+    turned NaN) with that trial's result and asks again, instead of training it again.
+
+    With ``tune.seed`` a configuration trains to the same curve in every trial, so a repeat costs its
+    epochs and tells nothing new; TPE over ``choice`` axes proposes its best points again and again. A
+    configuration that ASHA stopped early runs again (the rungs have moved, it may get further). The
+    ``MAX_ASKS``-th proposal in a row (in a space all but exhausted) runs whatever it is.
+    """
+
+    MAX_ASKS = 100
+
+    def __init__(self, searcher: OptunaSearch, space: SearchSpace, epochs: int, known: dict[str, dict] | None = None):
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+        self.searcher, self.space, self.epochs = searcher, space, epochs
+        self.known = dict(known or {})  # sampled values (``point_key``) -> the result that ended its trial
+        self.asked: dict[str, tuple[str, dict]] = {}  # Tune's trial id -> (the searcher's trial id, config)
+        self.answered = 0
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return self.searcher.set_search_properties(metric, mode, config, **spec)
+
+    def suggest(self, trial_id: str):
+        for ask in range(self.MAX_ASKS):
+            asked_as = trial_id if ask == 0 else f"{trial_id}:repeat{ask}"
+            config = self.searcher.suggest(asked_as)
+            result = self.known.get(point_key(self.space, config)) if isinstance(config, dict) else None
+            if result is None or ask == self.MAX_ASKS - 1:
+                break
+            self.searcher.on_trial_complete(asked_as, result)
+            self.answered += 1
+        if isinstance(config, dict):
+            self.asked[trial_id] = (asked_as, config)
+        return config
+
+    def get_state(self) -> dict:  # Tune checkpoints a wrapping searcher's state (and the wrapped one's itself)
+        return copy.deepcopy({"known": self.known, "asked": self.asked, "answered": self.answered})
+
+    def set_state(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.searcher.on_trial_result(self.asked[trial_id][0], result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        asked_as, config = self.asked[trial_id]
+        self.searcher.on_trial_complete(asked_as, result, error)
+        if result and not error and (result.get("training_iteration", 0) >= self.epochs or NONFINITE in result):
+            self.known[point_key(self.space, config)] = result
+
+
+def point_key(space: SearchSpace, config: dict) -> str:
+    """The values a trial config took on the axes of ``space``: the same for a suggestion and for the
+    trial's whole config (with the fixed values) in MLflow."""
+    return config_key(space.optuna_point(config))
+
+
+def _final_results(tracker: Tracker, done: list, space: SearchSpace, epochs: int) -> dict[str, dict]:
+    """The results of the finished trials in ``done`` that trained all ``epochs``, by ``point_key``."""
+    known = {}
+    for run in done:
+        if not Tracker.finished(run) or METRIC not in run.data.metrics:
+            continue
+        history = tracker.client.get_metric_history(run.info.run_id, METRIC)
+        if max(m.step for m in history) >= epochs:
+            metrics = {name: value for name, value in run.data.metrics.items() if name in (METRIC, BATCH_METRIC, SCORE)}
+            known[point_key(space, json.loads(run.data.tags[CONFIG]))] = metrics
+    return known
 
 
 def _plan(settings: TuneSettings, space: SearchSpace, done: list) -> tuple[object, dict, int, int]:

