@@ -6,28 +6,32 @@ to the file's own folder.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
+
+from pydantic import Field
+from typing_extensions import Annotated
 
 from scssl.augment import AugmentationConfig
 from scssl.data import DatasetSpec, resolve
 from scssl.methods import METHODS
-from scssl.settings import ConfigError, parse, read_yaml, settings
+from scssl.settings import SAFE_NAME, SAFE_NAME_TEXT, ConfigError, Name, parse, read_yaml, settings
 from scssl.train import TrainSettings
 from scssl.tune.search_space import SearchSpace, load_search_space, parse_search_space
-from scssl.tune.settings import FinalSettings, TuneSettings
-
-Task = Literal["batch_correction", "cell_typing"]
+from scssl.tune.settings import FinalSettings, Task, TuneSettings
 
 
 @settings
 class ExperimentConfig:
-    name: str
-    datasets: list[DatasetSpec]
-    methods: list[str]
-    tasks: list[Task] = field(default_factory=lambda: ["batch_correction", "cell_typing"])
+    name: Name
+    datasets: Annotated[list[DatasetSpec], Field(min_length=1)]
+    methods: Annotated[list[str], Field(min_length=1)]
+    tasks: Annotated[list[Task], Field(min_length=1)] = field(
+        default_factory=lambda: ["batch_correction", "cell_typing"])
     train: TrainSettings = field(default_factory=TrainSettings)
     augment: AugmentationConfig = field(default_factory=AugmentationConfig)
     tune: TuneSettings = field(default_factory=TuneSettings)
@@ -57,6 +61,16 @@ class Experiment:
     def results_dir(self) -> Path:
         return self.study_dir / "results"
 
+    def relocated(self) -> dict:
+        """The experiment file's content with its paths made absolute and ``output_dir`` the study folder
+        itself: the study folder's copy, which runs (or reports) the same study from there."""
+        raw = read_yaml(self.source)
+        raw["output_dir"] = "."
+        raw["search_spaces"] = str(_under(self.source.parent, self.config.search_spaces))
+        raw["datasets"] = [{**entry, "path": spec.path} if entry.get("path") is not None else entry
+                           for entry, spec in zip(raw["datasets"], self.datasets)]
+        return raw
+
     @property
     def uses_neighbours(self) -> bool:
         """Whether any run may use a BBKNN or MNN augmentation, so that neighbour graphs are needed."""
@@ -82,7 +96,15 @@ def load_experiment(path: str | Path, output_dir: str | None = None, tracking_ur
     if len(set(config.methods)) != len(config.methods):
         raise ConfigError(f"{path}: methods: each method may appear once, got {config.methods}")
 
-    datasets = [resolve(spec, base) for spec in config.datasets]
+    datasets = []
+    for i, spec in enumerate(config.datasets):
+        try:
+            datasets.append(resolve(spec, base))
+        except ConfigError as err:
+            raise ConfigError(f"{path}: datasets.{i}.name: {err}") from None
+        if not re.match(SAFE_NAME, datasets[-1].label):
+            raise ConfigError(f"{path}: datasets.{i}.id: {datasets[-1].label!r} names files and MLflow runs, so it "
+                              f"may hold only {SAFE_NAME_TEXT}; set `id` to such a name")
     labels = [d.label for d in datasets]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"{path}: datasets: give each data set a distinct `id`, got {labels}")
@@ -94,12 +116,15 @@ def load_experiment(path: str | Path, output_dir: str | None = None, tracking_ur
                     f"for data set {spec.label!r}"
                 )
 
-    spaces = _search_spaces(config, path)
+    config.final.check_tasks(config.tasks, str(path))
+    _check_device(config, path)
+    spaces = _search_spaces(config, path) if config.final.retrain != "defaults" else {}
 
     if output_dir is not None:
         study_dir = Path(output_dir).resolve()
     else:
         study_dir = _under(base, config.output_dir or f"studies/{config.name}")
+    _check_writable(study_dir, "--output-dir" if output_dir is not None else f"{path}: output_dir")
     uri = (
         tracking_uri
         or config.tracking_uri
@@ -107,6 +132,36 @@ def load_experiment(path: str | Path, output_dir: str | None = None, tracking_ur
         or f"sqlite:///{study_dir / 'mlflow.db'}"
     )
     return Experiment(config, path, datasets, study_dir, spaces, uri)
+
+
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def _check_device(config: ExperimentConfig, path: Path) -> None:
+    """A device name torch knows, and a GPU device only for trials that are given a GPU: Ray hides every
+    GPU from a trial that asks for none, so ``cuda`` there fails in each trial."""
+    device, gpus = config.train.device, config.tune.gpus_per_trial
+    if not DEVICE.match(device):
+        raise ConfigError(f"{path}: train.device: {device!r} is not a device; expected auto, cpu, cuda, cuda:N or mps")
+    if device.startswith("cuda"):
+        index, visible = int(device.partition(":")[2] or 0), max(1, math.ceil(gpus))
+        if gpus == 0:
+            raise ConfigError(f"{path}: train.device: {device!r} needs tune.gpus_per_trial > 0 (it is 0, so Ray gives "
+                              "trials no GPU); set tune.gpus_per_trial, or use device auto")
+        if index >= visible:
+            raise ConfigError(f"{path}: train.device: {device!r}: a trial sees only the {visible} "
+                              f"GPU(s) Ray gives it (tune.gpus_per_trial {gpus:g}), numbered from cuda:0")
+
+
+def _check_writable(folder: Path, key: str) -> None:
+    """The study folder can be made: no regular file on its path, the nearest existing folder writable."""
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{key}: the study folder {folder} cannot be made: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: the study folder {folder} cannot be made: {existing} is not writable")
 
 
 def _search_spaces(config: ExperimentConfig, path: Path) -> dict[str, SearchSpace]:

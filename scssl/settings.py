@@ -12,10 +12,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass as _pydantic_dataclass
+from typing_extensions import Annotated
 
 T = TypeVar("T")
+
+# A name that becomes part of a path or an MLflow search (a study's name, a data set's id): no separators,
+# no quotes, no leading dot, so it can neither leave the study folder nor break a filter string.
+SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+SAFE_NAME_TEXT = "letters, digits, '.', '_' and '-', starting with a letter or digit, at most 100 characters"
+Name = Annotated[str, Field(pattern=SAFE_NAME)]
 
 # Unknown keys are errors, values are coerced where unambiguous ("1e-4" -> 1e-4), instances frozen.
 _STRICT = ConfigDict(extra="forbid")
@@ -38,8 +45,12 @@ def parse(cls: type[T], raw: Any, source: str) -> T:
         problems = []
         for e in err.errors():
             key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-            got = "" if e["type"] == "missing" else f" (got {e['input']!r})"
-            problems.append(f"  {key}: {e['msg']}{got}")
+            message, got = e["msg"], "" if e["type"] == "missing" else f" (got {e['input']!r})"
+            if e["type"] == "string_type" and isinstance(e["input"], (int, float)):
+                got += f"; YAML read it as a number: quote it, '{e['input']}'"
+            if e["type"] == "string_pattern_mismatch" and e["ctx"].get("pattern") == SAFE_NAME:
+                message = f"a name may hold only {SAFE_NAME_TEXT}"
+            problems.append(f"  {key}: {message}{got}")
         raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(problems)) from None
 
 

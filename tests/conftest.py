@@ -1,3 +1,4 @@
+import time
 from pathlib import Path
 
 import numpy as np
@@ -46,3 +47,14 @@ def small_experiment(tmp_path, synthetic_h5ad):
         return path
 
     return write
+
+
+def wait_for(condition, what: str, timeout: float = 300.0):
+    """Poll ``condition`` until it returns something true (returned); generous for a slow machine."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")

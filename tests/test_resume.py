@@ -4,23 +4,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
+from conftest import wait_for
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 NUM_SAMPLES = 3
-
-
-def _wait_for(condition, what: str, timeout: float = 240.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _tune_runs(client: MlflowClient) -> list:
@@ -51,12 +41,12 @@ def test_lost_worker_is_retried_and_a_killed_driver_resumes(tmp_path, small_expe
     driver = _scssl("tune", str(experiment), start_new_session=True)
     try:
         # A worker dies mid-trial: Tune runs the trial again, the lost attempt's run is FAILED and marked retried.
-        victim = _wait_for(lambda: _mid_training(client), "a trial in training")
+        victim = wait_for(lambda: _mid_training(client), "a trial in training")
         subprocess.run(["pkill", "-9", "-f", "ray::ImplicitFunc"], check=False)
-        _wait_for(lambda: client.get_run(victim.info.run_id).info.status == "FAILED", "the lost attempt to fail")
+        wait_for(lambda: client.get_run(victim.info.run_id).info.status == "FAILED", "the lost attempt to fail")
         assert client.get_run(victim.info.run_id).data.tags["scssl.retried"] == "true"
         # Then the driver is killed (with its local Ray) while a trial trains.
-        running = _wait_for(lambda: _mid_training(client), "a trial in training after the retry")
+        running = wait_for(lambda: _mid_training(client), "a trial in training after the retry")
         finished_before = {r.info.run_id for r in _tune_runs(client) if r.info.status == "FINISHED"}
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)

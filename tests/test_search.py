@@ -106,3 +106,19 @@ def test_tune_can_checkpoint_the_answering_searcher(tmp_path):
     again.restore_from_dir(str(tmp_path))
     assert again.searcher.known == answering.known and len(answering.known) == 1
     assert len(again.searcher.searcher._ot_study.trials) == 1
+
+
+def test_a_tuning_key_changes_with_what_changes_a_trial_and_not_with_the_budget(small_experiment):
+    from scssl.experiment import load_experiment
+    from scssl.tune.search import tune_key
+
+    def key(fingerprint="data-v1", **overrides):
+        return tune_key(load_experiment(small_experiment("exp", **overrides)), fingerprint, "simclr")
+
+    base = key()
+    assert key() == base
+    assert key(tune={"num_samples": 20, "search": "random", "grace_period": 1, "cpus_per_trial": 2}) == base
+    changed = [key(train={"epochs": 3, "batch_size": 64}), key(augment={"masking": {"rate": 0.3}}),
+               key(fingerprint="data-v2"), key(tune={"seed": 1}), key(tune={"validation_fraction": 0.3}),
+               key(search_space={"method": {"temperature": {"choice": [0.5]}}})]
+    assert base not in changed and len(set(changed)) == len(changed)

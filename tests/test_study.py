@@ -84,6 +84,10 @@ def test_stages_rerun_without_duplicates(study, capsys):
     assert len(_runs(client, "retrain")) == 12
     assert main(["report", str(experiment)]) == 0
     assert (out / "results" / "summary.md").read_text() == before
+    # the study folder's own copy names this folder, wherever it is read from
+    assert main(["report", str(out / "experiment.yaml")]) == 0
+    assert (out / "results" / "summary.md").read_text() == before
+    assert not (out / "out").exists()
 
 
 def test_bad_experiment_is_a_clear_cli_error(tmp_path, capsys):

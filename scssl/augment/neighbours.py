@@ -14,8 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.decomposition import PCA
-from sklearn.neighbors import NearestNeighbors
 
 MAX_KNN = 20
 MAX_MNN = 10
@@ -35,6 +33,8 @@ class NeighbourGraph:
 def build_neighbour_graph(
     X: np.ndarray | sp.spmatrix, batches: np.ndarray, n_pcs: int = 50, k_anchor: int = 5, seed: int = 0
 ) -> NeighbourGraph:
+    from sklearn.decomposition import PCA  # sklearn here: a NeighbourGraph alone (a type, a pickle) needs none
+
     n = X.shape[0]
     n_components = min(n_pcs, min(X.shape) - 1)
     pcs = PCA(n_components=n_components, svd_solver="arpack", random_state=seed).fit_transform(X)
@@ -59,6 +59,8 @@ def build_neighbour_graph(
 def _knn_rows(reference: np.ndarray, queries: np.ndarray, reference_rows: np.ndarray, k: int) -> np.ndarray:
     """For every query, the data-set rows of its k nearest reference cells, itself excluded; when the
     batch has fewer than k other cells, its cells repeat to fill k columns (a one-cell batch: itself)."""
+    from sklearn.neighbors import NearestNeighbors
+
     _, idx = NearestNeighbors(n_neighbors=min(k + 1, len(reference))).fit(reference).kneighbors(queries)
     rows = reference_rows[idx]
     is_self = rows == np.arange(len(queries))[:, None]
@@ -69,6 +71,8 @@ def _knn_rows(reference: np.ndarray, queries: np.ndarray, reference_rows: np.nda
 
 def _mutual_pairs(unit: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarray, k: int, n: int) -> sp.csr_matrix:
     """An n x n matrix with a 1 at (i, j) for each mutual nearest neighbour pair, i in a and j in b."""
+    from sklearn.neighbors import NearestNeighbors
+
     def knn_matrix(src: np.ndarray, dst: np.ndarray) -> sp.csr_matrix:
         idx = NearestNeighbors(n_neighbors=min(k, len(dst))).fit(unit[dst]).kneighbors(unit[src])[1]
         return sp.csr_matrix((np.ones(idx.size, dtype=np.int8), (np.repeat(src, idx.shape[1]), dst[idx].ravel())),

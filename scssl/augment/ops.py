@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from scssl.augment import rowwise
 from scssl.augment.config import AugmentationConfig
 from scssl.augment.neighbours import NeighbourGraph
 
@@ -312,14 +311,15 @@ class Augmenter:
         return views[:n], views[n:]
 
     def _row_wise_compiled(self, views: torch.Tensor, inputs: list[torch.Tensor]) -> None:
+        from scssl.augment.rowwise import augment_rows  # numba here: a GPU run never loads it
+
         c, n = self.config, len(inputs[0])
         flags = [self._coin_flags(2 * n, prob) for prob in
                  (c.masking.prob, c.gaussian_noise.prob, c.inner_swap.prob, c.crossover.prob if n > 1 else 0.0)]
         everyone = torch.arange(2 * n)
         source, donors = self._donors(inputs, everyone) if n > 1 else (torch.cat(inputs), everyone)
         source_rows = everyone % n if source is inputs[0] else everyone
-        rowwise.augment_rows(views, source.contiguous(), source_rows, self.random.keys(2 * n, 4), *flags,
-                             donors, c)
+        augment_rows(views, source.contiguous(), source_rows, self.random.keys(2 * n, 4), *flags, donors, c)
 
     def _row_wise_ops(self, views: torch.Tensor, inputs: list[torch.Tensor]) -> None:
         c, rng = self.config, self.random

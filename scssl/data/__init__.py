@@ -1,12 +1,19 @@
-"""Data layer: data-set specs, built-in data, preprocessing, synthetic data, device mini-batches."""
+"""Data layer: data-set specs, built-in data, preprocessing, synthetic data, device mini-batches.
 
+Specs and built-in data sets load at once; the rest (torch, anndata, scanpy) on first use.
+"""
+
+from scssl import lazy_exports
 from scssl.data.builtin import BUILTIN_DATASETS, resolve
-from scssl.data.cells import CellMatrix
-from scssl.data.prepare import PreparedDataset, prepare, read_h5ad
 from scssl.data.spec import DatasetSpec
-from scssl.data.synthetic import make_synthetic
+
+__getattr__ = lazy_exports(__name__, {
+    "cells": ["CellMatrix"],
+    "prepare": ["DataError", "PreparedDataset", "prepare", "read_h5ad"],
+    "synthetic": ["make_synthetic"],
+})
 
 __all__ = [
-    "BUILTIN_DATASETS", "CellMatrix", "DatasetSpec", "PreparedDataset",
+    "BUILTIN_DATASETS", "CellMatrix", "DataError", "DatasetSpec", "PreparedDataset",
     "make_synthetic", "prepare", "read_h5ad", "resolve",
 ]

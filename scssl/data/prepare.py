@@ -1,14 +1,21 @@
-"""Read an .h5ad, check its keys, and preprocess it as scSSL-Bench does.
+"""Read an .h5ad, check it, and preprocess it as scSSL-Bench does.
 
-normalize_total(1e4) -> log1p -> batch-aware HVGs (flavor 'seurat') chosen on **reference cells
+Checks come first, before the expensive steps: the file must be a readable AnnData file with unique
+gene and cell names, the keys must exist, batch and cell type must be known for every cell (or, with
+``drop_missing``, such cells are dropped), and every stored count must be a non-negative integer.
+Cells and genes without a single count are dropped. Every problem is a ``DataError`` naming the file.
+
+Then normalize_total(1e4) -> log1p -> batch-aware HVGs (flavor 'seurat') chosen on **reference cells
 only**. Query cells are then cut to exactly the reference's genes, in the same order: the
 study's code re-selected genes on all cells, so its query genes could differ from the training genes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import anndata as ad
@@ -21,6 +28,21 @@ from scssl.data.spec import DatasetSpec
 from scssl.settings import ConfigError
 
 REFERENCE, QUERY = "reference", "query"
+_CHUNK = 1 << 22  # stored values checked at once: bounds the memory of the masks on large files
+
+
+class DataError(ConfigError):
+    """The data of a data set is unusable; ``key`` is the DatasetSpec field the problem concerns.
+
+    The message names the data file; whoever knows the experiment file adds it and the key path.
+    """
+
+    def __init__(self, message: str, key: str):
+        super().__init__(message)
+        self.key = key
+
+    def __reduce__(self):  # the default would rebuild it from the message alone, without ``key``
+        return type(self), (str(self), self.key)
 
 
 @dataclass
@@ -28,7 +50,8 @@ class PreparedDataset:
     """Log-normalised HVG expression of all cells, with batch, label and reference/query split.
 
     Plain numpy/scipy so that Ray can put it in the object store once and share it with trials.
-    ``obs`` has the categorical columns ``batch``, ``label`` and ``split``.
+    ``obs`` has the categorical columns ``batch``, ``label`` and ``split``; ``notes`` says, one line
+    each, what ``prepare`` dropped from the file.
     """
 
     id: str
@@ -37,6 +60,7 @@ class PreparedDataset:
     obs: pd.DataFrame
     batch_key: str
     labels_key: str
+    notes: list[str] = field(default_factory=list)
 
     @property
     def n_cells(self) -> int:
@@ -58,6 +82,18 @@ class PreparedDataset:
     def batch_codes(self) -> np.ndarray:
         return self.obs["batch"].cat.codes.to_numpy()
 
+    @cached_property
+    def fingerprint(self) -> str:
+        """16 hex digits of SHA-256 over X, genes, cell names and batch/label/split: another file or
+        another preprocessing setting gives another value (cached: hashing a large X takes a while)."""
+        parts = [np.asarray(self.X.shape, "<i8"), np.ascontiguousarray(self.X.data, "<f4"),
+                 np.asarray(self.X.indices, "<i8"), np.asarray(self.X.indptr, "<i8")]
+        texts = [self.genes, self.obs.index, self.obs["batch"], self.obs["label"], self.obs["split"]]
+        digest = hashlib.sha256()
+        for blob in [p.tobytes() for p in parts] + ["\x1f".join(map(str, t)).encode() for t in texts]:
+            digest.update(len(blob).to_bytes(8, "little") + blob)  # the length keeps parts from running together
+        return digest.hexdigest()[:16]
+
     def to_anndata(self) -> ad.AnnData:
         """The preprocessed cells, with the user's own key names for batch and label."""
         obs = self.obs.rename(columns={"batch": self.batch_key, "label": self.labels_key})
@@ -65,43 +101,73 @@ class PreparedDataset:
 
 
 def read_h5ad(path: str | Path) -> ad.AnnData:
+    """Read an AnnData file; any file that is not one is a DataError (key ``path``) with the reason."""
+    import h5py
+
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: data file not found")
+        raise DataError(f"{path}: data file not found", "path")
     if path.suffix != ".h5ad":
-        raise ConfigError(f"{path}: expected an .h5ad file")
-    with warnings.catch_warnings():  # files written by older anndata versions read fine
-        warnings.simplefilter("ignore", OldFormatWarning)
-        return ad.read_h5ad(path)
+        raise DataError(f"{path}: expected an .h5ad file", "path")
+    try:
+        with h5py.File(path, "r") as f:
+            top = sorted(f.keys())
+        if not {"obs", "var"} <= set(top):
+            raise ValueError(f"HDF5 without the AnnData layout: no 'obs' and 'var' groups, top-level keys {top}")
+        with warnings.catch_warnings():  # files written by older anndata versions read fine
+            warnings.simplefilter("ignore", OldFormatWarning)
+            return ad.read_h5ad(path)
+    except Exception as err:  # h5py, anndata and pandas each raise their own kinds for a broken file
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise DataError(f"{path}: not a readable .h5ad file ({reason})", "path") from None
 
 
 def prepare(spec: DatasetSpec, adata: ad.AnnData | None = None) -> PreparedDataset:
-    """Load (unless ``adata`` is given), validate and preprocess the data set of a resolved ``spec``."""
-    import scanpy as sc  # here, not at the top: it takes seconds, and trial workers only unpickle the result
-
+    """Load (unless ``adata`` is given), check and preprocess the data set of a resolved ``spec``."""
     source = spec.path
     adata = read_h5ad(spec.path) if adata is None else adata
     for what, key in (("batch_key", spec.batch_key), ("labels_key", spec.labels_key)):
         if key not in adata.obs:
-            raise ConfigError(
-                f"{source}: {what} {key!r} is not a column of obs; columns are {list(adata.obs.columns)}"
+            raise DataError(
+                f"{source}: {what} {key!r} is not a column of obs; columns are {list(adata.obs.columns)}", what
             )
+    _check_unique(adata.var_names, "gene", "var", source)
+    _check_unique(adata.obs_names, "cell", "obs", source)
     counts = _counts(adata, spec.counts_layer, source)
 
-    batch = adata.obs[spec.batch_key].astype(str)
+    given = adata.obs[spec.batch_key]
+    all_batches = set(given[~_missing(given)].astype(str))
+    keep, notes = _cells_to_keep(adata.obs, counts, spec, source)
+    counts = counts[keep]
+    has_counts = np.asarray(counts.sum(axis=0)).ravel() > 0  # over all cells, reference and query alike
+    if not has_counts.all():
+        counts = counts[:, has_counts]
+        notes.append(f"dropped {int((~has_counts).sum())} genes with no counts in any cell")
+    batch = adata.obs[spec.batch_key][keep].astype(str)
+    labels = adata.obs[spec.labels_key][keep].astype(str)
+    names = adata.obs_names[keep].astype(str)
+
     query_batches = list(spec.query_batches or [])
-    unknown = sorted(set(query_batches) - set(batch))
+    unknown = sorted(set(query_batches) - all_batches)
     if unknown:
-        raise ConfigError(
+        raise DataError(
             f"{source}: query_batches {unknown} are not values of obs[{spec.batch_key!r}]; "
-            f"values are {sorted(set(batch))}"
+            f"values are {sorted(all_batches)}", "query_batches"
         )
     is_query = batch.isin(query_batches).to_numpy()
     if is_query.all():
-        raise ConfigError(f"{source}: query_batches {query_batches} leave no reference cells")
+        raise DataError(f"{source}: query_batches {query_batches} leave no reference cells", "query_batches")
+    per_batch = batch[~is_query].value_counts()
+    if per_batch.max() < 2:  # e.g. batch_key names a column of cell barcodes; scanpy's HVGs fail on it
+        raise DataError(
+            f"{source}: each of the {len(per_batch)} reference batches in obs[{spec.batch_key!r}] holds a single "
+            "cell; expected a column of batches (donors, samples) of several cells each", "batch_key"
+        )
 
-    cells = ad.AnnData(X=counts, obs=pd.DataFrame({"batch": batch.to_numpy()}, index=adata.obs_names))
-    cells.var_names = adata.var_names.astype(str)
+    import scanpy as sc  # only now: it takes seconds, bad data fails sooner, and trial workers only unpickle
+
+    cells = ad.AnnData(X=counts, obs=pd.DataFrame({"batch": batch.to_numpy()}, index=names))
+    cells.var_names = adata.var_names[has_counts].astype(str)
     sc.pp.normalize_total(cells, target_sum=1e4)
     sc.pp.log1p(cells)
     genes = select_hvgs(cells[~is_query].copy(), spec.n_hvgs)
@@ -109,13 +175,13 @@ def prepare(spec: DatasetSpec, adata: ad.AnnData | None = None) -> PreparedDatas
     obs = pd.DataFrame(
         {
             "batch": pd.Categorical(batch.to_numpy()),
-            "label": pd.Categorical(adata.obs[spec.labels_key].astype(str).to_numpy()),
+            "label": pd.Categorical(labels.to_numpy()),
             "split": pd.Categorical(np.where(is_query, QUERY, REFERENCE), categories=[REFERENCE, QUERY]),
         },
-        index=adata.obs_names.astype(str),
+        index=names,
     )
     X = sp.csr_matrix(cells[:, genes].X, dtype=np.float32)
-    return PreparedDataset(spec.label, X, np.asarray(genes), obs, spec.batch_key, spec.labels_key)
+    return PreparedDataset(spec.label, X, np.asarray(genes), obs, spec.batch_key, spec.labels_key, notes)
 
 
 def select_hvgs(reference: ad.AnnData, n_hvgs: int) -> list[str]:
@@ -130,16 +196,93 @@ def select_hvgs(reference: ad.AnnData, n_hvgs: int) -> list[str]:
     return list(reference.var_names[table["highly_variable"].to_numpy()])
 
 
+def _check_unique(names: pd.Index, what: str, axis: str, source: str) -> None:
+    """Duplicate names make cells or genes ambiguous (and pandas fails on them deep inside scanpy)."""
+    repeated = names[names.duplicated()].unique()
+    if len(repeated):
+        raise DataError(
+            f"{source}: {len(repeated)} {what} names occur more than once, e.g. {list(map(str, repeated[:3]))}; "
+            f"expected unique names: call adata.{axis}_names_make_unique() and write the file again", "path"
+        )
+
+
+def _missing(values: pd.Series) -> np.ndarray:
+    """NaN, empty or blank values, and the text 'nan' that ``astype(str)`` makes of a NaN."""
+    text = values.astype(str).str.strip()
+    return (values.isna() | (text == "") | (text.str.lower() == "nan")).to_numpy()
+
+
+def _cells_to_keep(
+    obs: pd.DataFrame, counts: sp.csr_matrix, spec: DatasetSpec, source: str
+) -> tuple[np.ndarray, list[str]]:
+    """A mask of the usable cells and one note per reason a cell was dropped.
+
+    A missing batch or cell type is an error unless ``spec.drop_missing``: scoring "nan" as a cell
+    type would be wrong. Cells without counts cannot be normalised, so they are always dropped.
+    """
+    keep, notes = np.ones(len(obs), dtype=bool), []
+
+    def drop(mask: np.ndarray, note: str, key: str) -> None:
+        keep[mask] = False
+        notes.append(note)
+        if not keep.any():
+            raise DataError(f"{source}: no cells left ({'; '.join(notes)})", key)
+
+    for key, column, what in (("batch_key", spec.batch_key, "batch"), ("labels_key", spec.labels_key, "cell type")):
+        missing = _missing(obs[column]) & keep
+        n = int(missing.sum())
+        if not n:
+            continue
+        if not spec.drop_missing:
+            raise DataError(
+                f"{source}: {n} of {len(obs)} cells have no {what} in obs[{column!r}] (NaN or empty), e.g. "
+                f"{list(obs.index[missing][:3])}; fill them in, or set drop_missing: true to drop those cells", key
+            )
+        drop(missing, f"dropped {n} cells whose {what} (obs[{column!r}]) is missing (NaN or empty)", key)
+    empty = (np.asarray(counts.sum(axis=1)).ravel() == 0) & keep
+    if empty.any():
+        drop(empty, f"dropped {int(empty.sum())} cells with no counts", "counts_layer")
+    return keep, notes
+
+
 def _counts(adata: ad.AnnData, layer: str | None, source: str) -> sp.csr_matrix:
     if layer is not None and layer not in adata.layers:
-        raise ConfigError(
+        raise DataError(
             f"{source}: counts_layer {layer!r} is not a layer; layers are {list(adata.layers)} "
-            "(leave counts_layer empty if X holds raw counts)"
+            "(leave counts_layer empty if X holds raw counts)", "counts_layer"
         )
-    counts = sp.csr_matrix(adata.layers[layer] if layer is not None else adata.X, dtype=np.float32)
+    matrix = adata.layers[layer] if layer is not None else adata.X
     where = f"layers[{layer!r}]" if layer is not None else "X"
-    if counts.nnz and counts.data.min() < 0:
-        raise ConfigError(f"{source}: {where} has negative values; expected raw counts")
-    if counts.nnz and not np.allclose(counts.data[:10000], np.round(counts.data[:10000])):
-        raise ConfigError(f"{source}: {where} is not integer-valued; expected raw counts (set counts_layer)")
+    hint = "" if layer is not None else f"; set counts_layer if a layer holds them (layers: {list(adata.layers)})"
+    if matrix is None:
+        raise DataError(f"{source}: X is empty; expected raw counts{hint}", "counts_layer")
+    counts = sp.csr_matrix(matrix, dtype=np.float32)
+    problems = _count_problems(counts, adata.obs_names, adata.var_names)
+    if problems:
+        raise DataError(
+            f"{source}: {where} does not hold raw counts: {'; '.join(problems)}; "
+            f"expected non-negative integers{hint}", "counts_layer"
+        )
     return counts
+
+
+def _count_problems(counts: sp.csr_matrix, cells: pd.Index, genes: pd.Index) -> list[str]:
+    """How many stored values are not counts, by kind, each with an example; every value is checked."""
+    data = counts.data
+    found: dict[str, list[int]] = {}  # kind -> [how many, index of the first]
+    for start in range(0, len(data), _CHUNK):
+        chunk = data[start : start + _CHUNK]
+        finite = np.isfinite(chunk)
+        for kind, mask in (
+            ("NaN or infinite", ~finite),
+            ("negative", finite & (chunk < 0)),
+            ("not integer-valued", finite & (chunk >= 0) & (chunk != np.round(chunk))),
+        ):
+            hits = np.flatnonzero(mask)
+            if hits.size:
+                found.setdefault(kind, [0, start + int(hits[0])])[0] += hits.size
+    problems = []
+    for kind, (n, i) in found.items():
+        cell = cells[np.searchsorted(counts.indptr, i, side="right") - 1]
+        problems.append(f"{n} values are {kind} (e.g. {data[i]:g} at cell {cell!r}, gene {genes[counts.indices[i]]!r})")
+    return problems

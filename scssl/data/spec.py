@@ -17,6 +17,7 @@ class DatasetSpec:
     Give either ``name`` (a built-in data set, see ``scssl datasets``) or ``path`` (any ``.h5ad``).
     ``counts_layer`` names the layer holding raw counts; ``None`` means ``X`` holds them.
     Cells of ``query_batches`` are held out of training for query-to-reference cell typing.
+    A cell without a batch or cell type (NaN or empty) is an error, or with ``drop_missing`` is dropped.
     """
 
     name: str | None = None
@@ -26,6 +27,7 @@ class DatasetSpec:
     counts_layer: str | None = None
     query_batches: list[str] | None = None
     n_hvgs: Annotated[int, Field(ge=2)] = 4000
+    drop_missing: bool = False
     id: str | None = None
 
     def __post_init__(self) -> None:

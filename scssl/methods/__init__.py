@@ -1,18 +1,39 @@
-"""Method layer: the registry of every method by name, each a small class with typed ``Params``."""
+"""Method layer: the registry of every method by name, each a small class with typed ``Params``.
 
-from scssl.methods.barlow_twins import BarlowTwins
-from scssl.methods.base import EncoderParams, SSLMethod
-from scssl.methods.byol import BYOL
-from scssl.methods.moco import MoCo
-from scssl.methods.nnclr import NNCLR
-from scssl.methods.pca import PCABaseline
-from scssl.methods.simclr import SimCLR
-from scssl.methods.simsiam import SimSiam
-from scssl.methods.vicreg import VICReg
+A method's module (torch with it) loads on the first look-up of its class, so that checking the
+method names of an experiment file needs no torch.
+"""
 
-METHODS: dict[str, type] = {
-    cls.name: cls for cls in (PCABaseline, SimCLR, MoCo, SimSiam, NNCLR, BYOL, BarlowTwins, VICReg)
+import sys
+from collections.abc import Iterator, Mapping
+
+from scssl import lazy_exports
+
+_CLASSES = {  # method name (also its module) -> class
+    "pca": "PCABaseline", "simclr": "SimCLR", "moco": "MoCo", "simsiam": "SimSiam", "nnclr": "NNCLR",
+    "byol": "BYOL", "barlow_twins": "BarlowTwins", "vicreg": "VICReg",
 }
+
+__getattr__ = lazy_exports(__name__, {"base": ["EncoderParams", "SSLMethod"], **{n: [c] for n, c in _CLASSES.items()}})
+
+
+class _Registry(Mapping):
+    """Method name -> class; a class loads on its first look-up."""
+
+    def __getitem__(self, name: str) -> type:
+        return getattr(sys.modules[__name__], _CLASSES[name])
+
+    def __contains__(self, name: object) -> bool:  # without loading the class
+        return name in _CLASSES
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_CLASSES)
+
+    def __len__(self) -> int:
+        return len(_CLASSES)
+
+
+METHODS: Mapping[str, type] = _Registry()
 
 
 def get_method(name: str) -> type:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import scipy.sparse as sp
 from pydantic import Field
-from sklearn.decomposition import PCA
 from typing_extensions import Annotated
 
 from scssl.settings import settings
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+    from sklearn.decomposition import PCA
 
 
 @settings
@@ -31,6 +33,8 @@ class PCABaseline:
         self._pca: PCA | None = None
 
     def fit(self, X: np.ndarray | sp.spmatrix) -> "PCABaseline":
+        from sklearn.decomposition import PCA  # here: listing the methods needs no sklearn
+
         n_components = min(self.params.n_components, min(X.shape) - 1)
         self._pca = PCA(n_components=n_components, svd_solver="arpack", random_state=self.seed).fit(X)
         return self

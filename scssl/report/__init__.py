@@ -1,9 +1,16 @@
-"""Report layer: benchmark tables, figures and an HTML page from MLflow alone; embeddings as .h5ad."""
+"""Report layer: benchmark tables, figures and an HTML page from MLflow alone; embeddings as .h5ad.
 
-from scssl.report.build import build_report
-from scssl.report.embeddings import write_embeddings
-from scssl.report.runs import log_cell_metadata
-from scssl.report.tables import benchmark_tables, collect, relative_to_cohort, summarize
+Loaded on first use (MLflow, Ray, matplotlib).
+"""
+
+from scssl import lazy_exports
+
+__getattr__ = lazy_exports(__name__, {
+    "build": ["build_report"],
+    "embeddings": ["write_embeddings"],
+    "runs": ["log_cell_metadata"],
+    "tables": ["benchmark_tables", "collect", "relative_to_cohort", "summarize"],
+})
 
 __all__ = ["benchmark_tables", "build_report", "collect", "log_cell_metadata", "relative_to_cohort", "summarize",
            "write_embeddings"]

@@ -1,4 +1,5 @@
-"""One training loop for every SSL method, standalone or inside a Ray Tune trial.
+"""One training loop for every SSL method, standalone or inside a Ray Tune trial, and ``fit_embedding``,
+which runs it (or fits a baseline) for any registered method.
 
 Per-epoch progress goes to an ``on_epoch`` callback, so the caller decides what to do with it
 (print it, evaluate and report it to Tune); the loop knows nothing about Ray or MLflow.
@@ -10,34 +11,15 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
 import torch
-from pydantic import Field
-from typing_extensions import Annotated
 
 from scssl.augment import AugmentationConfig, Augmenter, NeighbourGraph
 from scssl.data import CellMatrix
-from scssl.methods import SSLMethod
-from scssl.settings import settings
-
-
-@settings
-class TrainSettings:
-    """Optimiser and schedule (scSSL-Bench: Adam 1e-4, weight decay 1e-6, batch 256).
-
-    ``schedule: step`` reproduces the study's StepLR(10, 0.1) per epoch; ``constant`` keeps the
-    learning rate. ``device: auto`` takes a GPU when there is one.
-    """
-
-    epochs: Annotated[int, Field(ge=1)] = 50
-    batch_size: Annotated[int, Field(ge=2)] = 256
-    lr: Annotated[float, Field(gt=0.0)] = 1e-4
-    weight_decay: Annotated[float, Field(ge=0.0)] = 1e-6
-    schedule: Literal["constant", "step"] = "constant"
-    device: str = "auto"
+from scssl.methods import SSLMethod, get_method
+from scssl.train.settings import TrainSettings
 
 
 @dataclass
@@ -117,3 +99,26 @@ def embed(model: SSLMethod, X: np.ndarray | sp.spmatrix, batch_size: int = 1024)
     out = np.concatenate([model.embed(x).cpu().numpy() for x in CellMatrix(X, device).batches(batch_size)])
     model.train(was_training)
     return out
+
+
+def fit_embedding(
+    method: str,
+    params,
+    X_train: np.ndarray | sp.spmatrix,
+    X_embed: dict[str, np.ndarray | sp.spmatrix],
+    train_settings: TrainSettings,
+    augment: AugmentationConfig,
+    seed: int,
+    on_epoch: Callable | None = None,
+    graph: NeighbourGraph | None = None,
+) -> dict[str, np.ndarray]:
+    """Fit ``method`` on ``X_train`` and embed each matrix of ``X_embed`` (same keys in the result).
+
+    ``graph`` holds the neighbours of ``X_train``'s rows, for the BBKNN and MNN augmentations.
+    """
+    cls = get_method(method)
+    if not cls.trainable:
+        baseline = cls(params, seed=seed).fit(X_train)
+        return {key: baseline.embed(X) for key, X in X_embed.items()}
+    model = train(cls, params, X_train, train_settings, augment, seed, on_epoch, graph)
+    return {key: embed(model, X) for key, X in X_embed.items()}

@@ -13,23 +13,28 @@ from pathlib import Path
 from ray.tune import Callback
 
 from scssl.tune.search_space import trial_settings, unwrap
-from scssl.tune.tracking import CONFIG, DATASET, ERROR, METHOD, NODE, RETRIED, STAGE, TRIAL_ID, Tracker
-from scssl.tune.trainable import BATCH_METRIC, METRIC, NONFINITE, SCORE
+from scssl.tune.tracking import CONFIG, DATASET, ERROR, METHOD, NODE, RETRIED, STAGE, TRIAL_ID, TUNE_KEY, Tracker
+from scssl.tune.trainable import BATCH_METRIC, ERROR as TRIAL_ERROR, METRIC, NONFINITE, SCORE
 
 REPORTED = ("loss", METRIC, BATCH_METRIC, SCORE, "epoch_seconds")
 
 
 class MLflowTrialCallback(Callback):
+    """Opens a run when a trial starts and closes it when the trial ends; ``failures`` lists the trials
+    that failed for an error (a loss that turned NaN is a result of the search, not a failure)."""
+
     def __init__(self, tracker: Tracker, dataset: str, method_cls: type, train, augment, num_samples: int,
-                 done: int = 0):
+                 done: int, tune_key: str):
         self.tracker = tracker
         self.dataset = dataset
         self.method_cls = method_cls
         self.train, self.augment = train, augment
         self.num_samples = num_samples
         self.run_ids: dict[str, str] = {}
-        self.nonfinite: dict[str, str] = {}
+        self.ended_early: dict[str, tuple[str, bool]] = {}  # trial id -> (reason, whether it is a failure)
+        self.failures: list[str] = []
         self.done = done  # trials ended before this attempt (a resumed stage)
+        self.tune_key = tune_key
 
     def on_trial_start(self, iteration, trials, trial, **info):
         config = unwrap(trial.config)
@@ -38,7 +43,7 @@ class MLflowTrialCallback(Callback):
             f"{self.dataset}/{self.method_cls.name}/{trial.trial_id}",
             tags={
                 STAGE: "tune", DATASET: self.dataset, METHOD: self.method_cls.name,
-                TRIAL_ID: trial.trial_id, CONFIG: json.dumps(config, default=float),
+                TRIAL_ID: trial.trial_id, CONFIG: json.dumps(config, default=float), TUNE_KEY: self.tune_key,
             },
             params=config,
         )
@@ -46,9 +51,10 @@ class MLflowTrialCallback(Callback):
         self.run_ids[trial.trial_id] = run_id
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if NONFINITE in result:
-            self.nonfinite[trial.trial_id] = result[NONFINITE]
-            return
+        for key, failure in ((NONFINITE, False), (TRIAL_ERROR, True)):
+            if key in result:
+                self.ended_early[trial.trial_id] = (result[key], failure)
+                return
         metrics = {k: result[k] for k in REPORTED if k in result}
         run_id = self.run_ids[trial.trial_id]
         if int(result["epoch"]) == 1 and "node_ip" in result:
@@ -56,11 +62,11 @@ class MLflowTrialCallback(Callback):
         self.tracker.log_metrics(run_id, metrics, step=int(result["epoch"]))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        reason = self.nonfinite.pop(trial.trial_id, None)
-        if reason is not None:  # the loss became NaN: the trial ended, but failed
-            self._fail(trial, reason)
+        reason, failure = self.ended_early.pop(trial.trial_id, (None, False))
+        if reason is not None:  # the loss became NaN, or the trial's code raised: it ended, but failed
+            self._fail(trial, reason, failure)
             return
-        self.tracker.end_run(self.run_ids[trial.trial_id], "FINISHED")
+        self.tracker.end_run(self.run_ids.pop(trial.trial_id), "FINISHED")
         result = trial.last_result or {}
         self._progress(trial, f"epochs {result.get('epoch', 0)}, {METRIC} {result.get(METRIC, float('nan')):.3f}")
 
@@ -76,14 +82,24 @@ class MLflowTrialCallback(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         """A trial that crashed (after its retries) is a FAILED run tagged with the reason."""
-        self._fail(trial, _last_error_line(trial))
+        self._fail(trial, _last_error_line(trial), failure=True)
 
-    def _fail(self, trial, reason: str) -> None:
-        run_id = self.run_ids.get(trial.trial_id)
+    def close_open(self, reason: str) -> int:
+        """Close the runs of the trials still going as KILLED (the study was stopped); returns how many."""
+        for run_id in self.run_ids.values():
+            self.tracker.set_tags(run_id, {ERROR: reason})
+            self.tracker.end_run(run_id, "KILLED")
+        closed, self.run_ids = len(self.run_ids), {}
+        return closed
+
+    def _fail(self, trial, reason: str, failure: bool) -> None:
+        run_id = self.run_ids.pop(trial.trial_id, None)
         if run_id is not None:
             self.tracker.set_tags(run_id, {ERROR: reason[:4000]})
             self.tracker.end_run(run_id, "FAILED")
         self._progress(trial, f"FAILED: {reason}")
+        if failure:
+            self.failures.append(f"{self.dataset}/{self.method_cls.name} trial {trial.trial_id}: {reason}")
 
     def _progress(self, trial, what: str) -> None:
         self.done += 1

@@ -1,47 +1,72 @@
-"""The final stage: each method's best configuration retrained with several seeds and evaluated.
+"""The final stage: each method's chosen configurations retrained with several seeds and evaluated.
 
 ``cell_typing`` trains on reference cells and classifies the query with kNN; ``batch_correction``
 trains on all cells and scores the embedding with scib-metrics (the study's protocol for each task).
-Jobs run as Ray tasks next to the data in the object store; each is an MLflow run tagged
-``stage=retrain``. A job whose finished run (same config) exists already is not run again.
-A method's configs are its best trial (one per objective), or with ``final.retrain: grid`` every
-point of its grid, each named by a variant label ("temperature=0.5").
+Jobs run as Ray tasks next to the data in the object store, as many at once as the cluster fits; each
+is an MLflow run tagged ``stage=retrain``, opened when its job starts. A job is identified by a digest
+of everything that changes its result (``RetrainJob.key``), so a finished one is not run again and an
+edited experiment reruns what it changed. A method's configs are its best trial (one per objective),
+with ``final.retrain: grid`` every point of its grid, each named by a variant label
+("temperature=0.5"), or with ``final.retrain: defaults`` its declared defaults.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import ray
 import torch
 
-from scssl.evaluate import knn_cell_typing, scib_scores
+from scssl.evaluate import BATCH_METRICS, BIO_METRICS, K_NEIGHBORS, knn_cell_typing, scib_scores
 from scssl.experiment import Experiment
+from scssl.interrupt import stop_reason
 from scssl.methods import get_method
 from scssl.train import fit_embedding
-from scssl.tune.search import best_trials
+from scssl.tune.search import best_trials, tune_key
 from scssl.tune.search_space import TrialSettings, trial_settings
-from scssl.tune.tracking import CONFIG, DATASET, ERROR, METHOD, SEED, STAGE, TASK, VARIANT, Tracker
+from scssl.tune.tracking import (
+    CONFIG, DATASET, ERROR, JOB_KEY, METHOD, SEED, STAGE, TASK, VARIANT, Tracker, digest,
+)
 from scssl.tune.trainable import SharedData
+
+# what scoring a task depends on besides the embedding, so that changing it reruns the task's jobs
+EVALUATION = {"cell_typing": {"knn_k": K_NEIGHBORS}, "batch_correction": {"scib": BIO_METRICS + BATCH_METRICS}}
 
 
 @dataclass(frozen=True)
 class RetrainJob:
+    """One training and evaluation: ``config`` as sampled (or a grid point), ``trial`` the settings it
+    resolves to over the experiment's defaults, ``fingerprint`` the data set's content."""
+
     dataset: str
+    fingerprint: str
     method: str
     task: str
     seed: int
     config: dict
+    trial: TrialSettings
     variant: str = ""
+
+    @property
+    def key(self) -> str:
+        """Digest of everything that changes the result: data, method, task, seed, variant, every resolved
+        setting (``train.device`` included) and the evaluation. A baseline ignores ``train`` and ``augment``."""
+        resolved = self.trial.as_dict()
+        if not get_method(self.method).trainable:
+            resolved = {"method": resolved["method"]}
+        return digest({"data": self.fingerprint, "method": self.method, "task": self.task, "seed": self.seed,
+                       "variant": self.variant, "settings": resolved, "evaluation": EVALUATION[self.task]})
 
     @property
     def tags(self) -> dict[str, str]:
         return {STAGE: "retrain", DATASET: self.dataset, METHOD: self.method, TASK: self.task,
                 SEED: str(self.seed), CONFIG: json.dumps(self.config, sort_keys=True, default=float),
-                VARIANT: self.variant}
+                VARIANT: self.variant, JOB_KEY: self.key}
 
     @property
     def label(self) -> str:
@@ -55,38 +80,45 @@ class RetrainJob:
         return "__".join(parts) + ".npy"
 
 
-def run_job(data, job: RetrainJob, trial: TrialSettings, threads: int):
-    """Train and evaluate one job with its resolved settings; returns (metrics, embedding of every cell)."""
+def run_job(data, job: RetrainJob, threads: int):
+    """Train and evaluate one job; returns (metrics with ``train_seconds`` and ``eval_seconds``, embedding
+    of every cell)."""
     shared: SharedData = ray.get(data) if isinstance(data, ray.ObjectRef) else data
     torch.set_num_threads(threads)
-    ds = shared.dataset
+    ds, trial = shared.dataset, job.trial
     labels = ds.obs["label"].to_numpy().astype(str)
+    started = time.perf_counter()
     if job.task == "cell_typing":
         ref, query = ds.reference_index, ds.query_index
         emb = fit_embedding(job.method, trial.params, ds.X[ref], {"ref": ds.X[ref], "query": ds.X[query]},
                             trial.train, trial.augment, job.seed, graph=shared.reference_graph)
+        trained = time.perf_counter()
         metrics = knn_cell_typing(emb["ref"], labels[ref], emb["query"], labels[query])
         embedding = np.empty((ds.n_cells, emb["ref"].shape[1]), dtype=np.float32)
         embedding[ref], embedding[query] = emb["ref"], emb["query"]
     else:
         embedding = fit_embedding(job.method, trial.params, ds.X, {"all": ds.X}, trial.train, trial.augment,
                                   job.seed, graph=shared.all_graph)["all"]
+        trained = time.perf_counter()
         metrics = scib_scores(embedding, ds.obs["batch"].to_numpy(), labels, shared.pre_integration, n_jobs=threads)
-    return metrics, embedding
+    timings = {"train_seconds": trained - started, "eval_seconds": time.perf_counter() - trained}
+    return {**metrics, **timings}, embedding
 
 
-def method_configs(experiment: Experiment, tracker: Tracker, dataset: str, method: str) -> list[tuple[str, dict]]:
-    """(variant label, config) of each configuration of ``method`` that the final stage trains."""
-    if not get_method(method).trainable:
-        return [("", {})]
+def method_configs(experiment: Experiment, tracker: Tracker, dataset: str, fingerprint: str,
+                   method: str) -> list[tuple[str, dict]]:
+    """(variant label, config) of each configuration of ``method`` that the final stage trains; ``{}`` is
+    the declared defaults (a baseline's only configuration). Empty when the method has no finished
+    tuning trial under the experiment as it is now."""
     cfg = experiment.config
+    if not get_method(method).trainable or cfg.final.retrain == "defaults":
+        return [("", {})]
     space = experiment.search_spaces[method]
     if cfg.final.retrain == "grid":
         return [(space.label(point), point) for point in space.grid_points()]
-    best = best_trials(tracker, dataset, method, cfg.tune)
+    best = best_trials(tracker, dataset, method, cfg.tune, tune_key(experiment, fingerprint, method))
     if not best:
-        raise RuntimeError(f"no finished tuning trial for {method!r} on {dataset!r} in {tracker.uri}; "
-                           "run `scssl tune` first")
+        return []
     by_run: dict[str, list[str]] = {}
     for objective, run in best.items():
         by_run.setdefault(run.info.run_id, []).append(objective)
@@ -97,55 +129,107 @@ def method_configs(experiment: Experiment, tracker: Tracker, dataset: str, metho
             for run_id, names in by_run.items()]
 
 
-def plan_jobs(experiment: Experiment, tracker: Tracker) -> list[RetrainJob]:
-    jobs = []
+def plan_jobs(experiment: Experiment, tracker: Tracker, fingerprints: dict[str, str]) -> tuple[list[RetrainJob], list[str]]:
+    """Every job of the final stage, each once, and one line per method that has no configuration to
+    retrain (no finished tuning trial); ``fingerprints`` maps a data set's label to its content's."""
+    cfg = experiment.config
+    jobs, untuned = [], []
     for spec in experiment.datasets:
-        for method in experiment.config.methods:
-            for variant, config in method_configs(experiment, tracker, spec.label, method):
-                for task in experiment.config.tasks:
-                    for seed in experiment.config.final.seeds:
-                        jobs.append(RetrainJob(spec.label, method, task, seed, config, variant))
-    return jobs
+        for method in cfg.methods:
+            configs = method_configs(experiment, tracker, spec.label, fingerprints[spec.label], method)
+            if not configs:
+                untuned.append(f"{spec.label}/{method}: no finished tuning trial of the experiment as it is now, "
+                               "so nothing to retrain; run `scssl tune` (or `scssl run`)")
+            for variant, config in configs:
+                trial = trial_settings(get_method(method), cfg.train, cfg.augment, config)
+                for task in cfg.tasks:
+                    for seed in cfg.final.seeds_for(task):
+                        jobs.append(RetrainJob(spec.label, fingerprints[spec.label], method, task, seed, config,
+                                               trial, variant))
+    return list({job.key: job for job in jobs}.values()), untuned  # a grid may repeat a point
 
 
-def retrain_stage(experiment: Experiment, data_refs: dict, tracker: Tracker) -> None:
-    """Run every job not already finished; write embeddings under ``<study>/embeddings``."""
+def job_slots(resources: dict[str, float], cpus_per_job: float, gpus_per_job: float) -> int:
+    """How many jobs fit ``resources`` (``ray.cluster_resources()``) at once; at least 1, so that a cluster
+    whose GPU nodes an autoscaler has not started yet still makes progress."""
+    fits = [resources.get("CPU", 0.0) / cpus_per_job]
+    if gpus_per_job > 0:
+        fits.append(resources.get("GPU", 0.0) / gpus_per_job)
+    return max(1, int(min(fits) + 1e-9))  # 0.9 / 0.3 is 2.9999999999999996
+
+
+def retrain_stage(experiment: Experiment, data_refs: dict, tracker: Tracker, fingerprints: dict[str, str]) -> list[str]:
+    """Run every job without a finished run; write embeddings under ``<study>/embeddings``. Returns one line
+    per FAILED job. At most as many jobs as the cluster fits now are in flight, each with an open run: if
+    anything interrupts the driver, their tasks are cancelled and their runs closed as KILLED (a rerun
+    does them), then the interrupt is raised again."""
     cfg = experiment.config
     killed = tracker.close_dead_runs(stage="retrain")
-    jobs = plan_jobs(experiment, tracker)
-    identity = (DATASET, METHOD, TASK, SEED, CONFIG, VARIANT)
-    finished = {tuple(r.data.tags.get(k, "") for k in identity)
-                for r in tracker.runs(stage="retrain") if Tracker.finished(r)}
-    todo = [j for j in jobs if tuple(j.tags[k] for k in identity) not in finished]
-    print(f"[retrain] {len(todo)} of {len(jobs)} jobs to run "
-          f"({len(cfg.final.seeds)} seeds x {len(cfg.tasks)} tasks per configuration)"
+    jobs, failures = plan_jobs(experiment, tracker, fingerprints)
+    for line in failures:
+        print(f"[retrain] {line}", flush=True)
+    finished = {r.data.tags.get(JOB_KEY) for r in tracker.runs(stage="retrain") if Tracker.finished(r)}
+    todo = [job for job in jobs if job.key not in finished]
+    seeds = ", ".join(f"{len(cfg.final.seeds_for(task))} seed(s) for {task}" for task in cfg.tasks)
+    print(f"[retrain] {len(todo)} of {len(jobs)} jobs to run ({seeds} per configuration)"
           + (f"; {killed} run(s) of a stopped driver closed as KILLED" if killed else ""), flush=True)
     threads = max(1, int(cfg.tune.cpus_per_trial))
     task = ray.remote(run_job).options(num_cpus=cfg.tune.cpus_per_trial, num_gpus=cfg.tune.gpus_per_trial)
-    pending = {}
-    for job in todo:
-        trial = trial_settings(get_method(job.method), cfg.train, cfg.augment, job.config)
-        run_id = tracker.start_run(f"{job.label}/{job.task}/seed{job.seed}", job.tags, job.config)
-        tracker.log_json(run_id, trial.as_dict(), "config.json")
-        pending[task.remote(data_refs[job.dataset], job, trial, threads)] = (job, run_id)
-    for n in range(1, len(pending) + 1):
-        [ref], _ = ray.wait(list(pending), num_returns=1)
-        job, run_id = pending.pop(ref)
+    queue = iter(todo)
+    open_runs: dict[str, RetrainJob] = {}  # run id -> its job, until the run ends
+    in_flight: dict[ray.ObjectRef, str] = {}  # a job's task -> its run id
+    try:
+        for n in range(1, len(todo) + 1):
+            slots = job_slots(ray.cluster_resources(), cfg.tune.cpus_per_trial, cfg.tune.gpus_per_trial)
+            for job in itertools.islice(queue, max(0, slots - len(in_flight))):  # nodes may come and go
+                run_id = tracker.start_run(f"{job.label}/{job.task}/seed{job.seed}", job.tags, job.config)
+                open_runs[run_id] = job
+                tracker.log_json(run_id, job.trial.as_dict(), "config.json")
+                in_flight[task.remote(data_refs[job.dataset], job, threads)] = run_id
+            [ref], _ = ray.wait(list(in_flight), num_returns=1)
+            run_id = in_flight.pop(ref)
+            failure = _record(experiment, tracker, open_runs[run_id], run_id, ref, f"{n}/{len(todo)}")
+            del open_runs[run_id]
+            if failure:
+                failures.append(failure)
+    except BaseException as interrupt:
+        _close_interrupted(tracker, in_flight, open_runs, stop_reason(interrupt))
+        raise
+    return failures
+
+
+def _record(experiment: Experiment, tracker: Tracker, job: RetrainJob, run_id: str, ref, progress: str) -> str | None:
+    """Log a returned job's metrics and embedding and end its run; returns the failure line of a failed job."""
+    where = f"{job.label} {job.task} seed {job.seed}"
+    try:
+        metrics, embedding = ray.get(ref)
+    except Exception as err:  # the job failed: record why, keep the others going
+        tracker.set_tags(run_id, {ERROR: str(err)[-4000:]})
+        tracker.end_run(run_id, "FAILED")
+        lines = str(err).strip().splitlines()
+        failure = f"{where}: {lines[-1] if lines else type(err).__name__}"
+        print(f"[retrain] {progress} FAILED {failure}", flush=True)
+        return failure
+    folder = experiment.study_dir / "embeddings" / job.dataset
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / job.embedding_file, embedding)
+    tracker.log_artifact(run_id, folder / job.embedding_file)  # the report needs nothing but MLflow
+    tracker.log_metrics(run_id, metrics)
+    tracker.end_run(run_id, "FINISHED")
+    name = "total" if "total" in metrics else "macro_f1"
+    print(f"[retrain] {progress} {where}: {name} {metrics[name]:.3f} (train {metrics['train_seconds']:.1f} s, "
+          f"evaluation {metrics['eval_seconds']:.1f} s)", flush=True)
+    return None
+
+
+def _close_interrupted(tracker: Tracker, in_flight: dict, open_runs: dict[str, RetrainJob], reason: str) -> None:
+    """Cancel the tasks in flight and close every open run as KILLED, so that none stays RUNNING."""
+    for ref in in_flight:
         try:
-            metrics, embedding = ray.get(ref)
-        except Exception as err:  # the job failed: record why, keep the others going
-            tracker.set_tags(run_id, {ERROR: str(err)[-4000:]})
-            tracker.end_run(run_id, "FAILED")
-            print(f"[retrain] {n}/{len(todo)} {job.label} {job.task} seed {job.seed}: FAILED: "
-                  f"{str(err).splitlines()[-1]}", flush=True)
-            continue
-        folder = experiment.study_dir / "embeddings" / job.dataset
-        folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / job.embedding_file, embedding)
-        tracker.log_artifact(run_id, folder / job.embedding_file)  # the report needs nothing but MLflow
-        tracker.log_metrics(run_id, metrics)
-        tracker.end_run(run_id, "FINISHED")
-        headline = metrics.get("total", metrics.get("macro_f1"))
-        name = "total" if "total" in metrics else "macro_f1"
-        print(f"[retrain] {n}/{len(todo)} {job.label} {job.task} seed {job.seed}: "
-              f"{name} {headline:.3f}", flush=True)
+            ray.cancel(ref, force=True)
+        except Exception:  # already done, or Ray is going down: nothing left to stop
+            pass
+    for run_id in open_runs:
+        tracker.set_tags(run_id, {ERROR: f"interrupted ({reason})"})
+        tracker.end_run(run_id, "KILLED")
+    print(f"[retrain] interrupted ({reason}): {len(open_runs)} run(s) closed as KILLED", flush=True)

@@ -20,12 +20,14 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from scssl.experiment import Experiment
+from scssl.interrupt import stop_reason
 from scssl.methods import get_method
 from scssl.tune.callback import MLflowTrialCallback
 from scssl.tune.search_space import SearchSpace, config_key, grid_param_space
 from scssl.tune.settings import TuneSettings
-from scssl.tune.tracking import CONFIG, Tracker
-from scssl.tune.trainable import BATCH_METRIC, METRIC, MODE, NONFINITE, SCORE, run_trial
+from scssl.settings import as_dict
+from scssl.tune.tracking import CONFIG, TUNE_KEY, Tracker, digest
+from scssl.tune.trainable import BATCH_METRIC, ERROR, METRIC, MODE, NONFINITE, SCORE, run_trial
 
 
 def objectives(tune_settings: TuneSettings) -> list[str]:
@@ -33,14 +35,31 @@ def objectives(tune_settings: TuneSettings) -> list[str]:
     return [METRIC, BATCH_METRIC] if tune_settings.multi_objective else [METRIC]
 
 
-def tune_method(experiment: Experiment, dataset: str, data_ref, method: str, tracker: Tracker) -> None:
-    """Run the trials of one method on one data set that MLflow does not hold yet; each becomes a run."""
+def tune_key(experiment: Experiment, fingerprint: str, method: str) -> str:
+    """What a trial's result depends on besides its sampled values: the data, the search space, the
+    defaults laid under it and the objective. Trials run under another key (an edited experiment) are
+    neither resumed nor retrained; the budget (``num_samples``, the searcher, ASHA) is not part of it."""
+    cfg = experiment.config
+    space = experiment.search_spaces[method]
+    return digest({
+        "data": fingerprint, "method": method, "train": as_dict(cfg.train), "augment": as_dict(cfg.augment),
+        "space": {".".join(path): repr(value) for path, value in space.entries.items()},
+        "objective": [cfg.tune.seed, cfg.tune.validation_fraction, cfg.tune.validation_max_cells,
+                      cfg.tune.multi_objective],
+    })
+
+
+def tune_method(experiment: Experiment, dataset: str, fingerprint: str, data_ref, method: str,
+                tracker: Tracker) -> list[str]:
+    """Run the trials of one method on one data set that MLflow does not hold yet; each becomes a run.
+    Returns one line per trial that failed for an error. An interrupt closes the open runs as KILLED."""
     cfg = experiment.config
     method_cls = get_method(method)
     space = experiment.search_spaces[method]
     tags = {"stage": "tune", "dataset": dataset, "method": method}
     killed = tracker.close_dead_runs(**tags)
-    done = [r for r in tracker.runs(**tags) if Tracker.ended_for_good(r)]
+    key = tune_key(experiment, fingerprint, method)
+    done = [r for r in tracker.runs(**tags, tune_key=key) if Tracker.ended_for_good(r)]
     searcher, param_space, num_samples, n_todo = _plan(cfg.tune, space, done)
     if isinstance(searcher, OptunaSearch):
         known = _final_results(tracker, done, space, cfg.train.epochs)
@@ -50,7 +69,7 @@ def tune_method(experiment: Experiment, dataset: str, data_ref, method: str, tra
           f"{cfg.train.epochs} epochs each" + (f"; {killed} run(s) of a stopped driver closed as KILLED"
                                                if killed else ""), flush=True)
     if n_todo == 0:
-        return
+        return []
     trainable = tune.with_resources(
         tune.with_parameters(
             run_trial, data=data_ref, method=method, train_settings=cfg.train, augment=cfg.augment,
@@ -59,7 +78,7 @@ def tune_method(experiment: Experiment, dataset: str, data_ref, method: str, tra
         ),
         {"cpu": cfg.tune.cpus_per_trial, "gpu": cfg.tune.gpus_per_trial},
     )
-    callback = MLflowTrialCallback(tracker, dataset, method_cls, cfg.train, cfg.augment, total, len(done))
+    callback = MLflowTrialCallback(tracker, dataset, method_cls, cfg.train, cfg.augment, total, len(done), key)
     ranked_by = SCORE if cfg.tune.multi_objective else METRIC
     tuner = tune.Tuner(
         trainable,
@@ -82,10 +101,16 @@ def tune_method(experiment: Experiment, dataset: str, data_ref, method: str, tra
             verbose=0,
         ),
     )
-    tuner.fit()
+    try:
+        tuner.fit()
+    except BaseException as stop:
+        closed = callback.close_open(f"interrupted ({stop_reason(stop)})")
+        print(f"[tune] {dataset}/{method}: stopped; {closed} running trial(s) closed as KILLED", flush=True)
+        raise
     if isinstance(searcher, AnswerRepeats) and searcher.answered:
         print(f"[tune] {dataset}/{method}: {searcher.answered} proposal(s) of a configuration that had trained all "
               f"its epochs answered with that trial's result instead of training it again", flush=True)
+    return callback.failures
 
 
 class AnswerRepeats(Searcher):
@@ -135,7 +160,8 @@ class AnswerRepeats(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         asked_as, config = self.asked[trial_id]
         self.searcher.on_trial_complete(asked_as, result, error)
-        if result and not error and (result.get("training_iteration", 0) >= self.epochs or NONFINITE in result):
+        ended_early = NONFINITE in (result or {}) or ERROR in (result or {})
+        if result and not error and (result.get("training_iteration", 0) >= self.epochs or ended_early):
             self.known[point_key(self.space, config)] = result
 
 
@@ -203,9 +229,10 @@ def _fresh_name(experiment: Experiment, base: str) -> str:
     return name
 
 
-def best_trials(tracker: Tracker, dataset: str, method: str, tune_settings: TuneSettings) -> dict[str, object]:
-    """For each objective, the finished tuning run with its highest final value (none when there is none)."""
-    runs = [r for r in tracker.runs(stage="tune", dataset=dataset, method=method) if Tracker.finished(r)]
+def best_trials(tracker: Tracker, dataset: str, method: str, tune_settings: TuneSettings, key: str) -> dict[str, object]:
+    """For each objective, the finished tuning run of ``tune_key`` ``key`` with its highest final value (none
+    when there is none)."""
+    runs = [r for r in tracker.runs(stage="tune", dataset=dataset, method=method, tune_key=key) if Tracker.finished(r)]
     best = {}
     for name in objectives(tune_settings):
         scored = [r for r in runs if name in r.data.metrics]

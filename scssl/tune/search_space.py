@@ -25,11 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ray import tune
-
 from scssl.augment import AugmentationConfig
 from scssl.settings import ConfigError, as_dict, parse, read_yaml
-from scssl.tune.tracking import flatten
 from scssl.train import TrainSettings
 
 DOMAINS = ("uniform", "loguniform", "int", "choice")
@@ -41,6 +38,8 @@ class Domain:
     args: tuple
 
     def to_tune(self):
+        from ray import tune  # here: checking an experiment file needs no Ray
+
         if self.kind == "uniform":
             return tune.uniform(*self.args)
         if self.kind == "loguniform":
@@ -104,6 +103,8 @@ class SearchSpace:
 
     def label(self, config: dict) -> str:
         """A short name of a config's sampled values, e.g. "temperature=0.5" or "masking.prob=0.5"."""
+        from scssl.tune.tracking import flatten  # here: tracking loads MLflow
+
         parts = []
         for path in self.domains:
             value = _get(config, path)
@@ -120,6 +121,8 @@ GRID_POINT = "grid_point"
 def grid_param_space(points: list[dict]) -> dict:
     """A Tuner ``param_space`` with one trial per point: Tune's grid over whole configs (which lets a
     resumed grid leave out its finished points); ``unwrap`` gives a trial its config back."""
+    from ray import tune
+
     return {GRID_POINT: tune.grid_search(points)}
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import field
-from typing import Literal
+from typing import Literal, Union
 
-from pydantic import Field
+from pydantic import AfterValidator, Discriminator, Field, Tag
 from typing_extensions import Annotated
 
-from scssl.settings import settings
+from scssl.settings import ConfigError, settings
 
 
 @settings
@@ -47,11 +47,45 @@ class TuneSettings:
     validation_max_cells: Annotated[int, Field(ge=10)] = 2000
 
 
+Task = Literal["batch_correction", "cell_typing"]
+
+
+def _seed_list(seeds: list[int]) -> list[int]:
+    if not seeds:
+        raise ValueError("expected at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError("each seed may appear once")  # the same job would run twice
+    return seeds
+
+
+Seeds = Annotated[list[int], AfterValidator(_seed_list)]
+# one list for every task, or a mapping task -> list; errors name the form given ("seeds.per_task.<key>")
+SeedsSetting = Annotated[
+    Union[Annotated[Seeds, Tag("list")], Annotated[dict[Task, Seeds], Field(min_length=1), Tag("per_task")]],
+    Discriminator(lambda value: "per_task" if isinstance(value, dict) else "list"),
+]
+
+
 @settings
 class FinalSettings:
     """The final stage retrains each method's best configuration once per seed (``retrain: best``;
-    with ``multi_objective``, the best of each objective), or every point of its grid (``retrain:
-    grid``: the paper's sweeps and ablations, which need no tuning stage)."""
+    with ``multi_objective``, the best of each objective), every point of its grid (``retrain:
+    grid``: the paper's sweeps and ablations, which need no tuning stage), or its declared defaults
+    (``retrain: defaults``: the method's ``Params()``, the experiment's ``train`` and ``augment``).
 
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    retrain: Literal["best", "grid"] = "best"
+    ``seeds`` is one list for every task, or a list per task (``{cell_typing: [0, 1, 2],
+    batch_correction: [0]}``), since the tasks differ in cost."""
+
+    seeds: SeedsSetting = field(default_factory=lambda: [0, 1, 2])
+    retrain: Literal["best", "grid", "defaults"] = "best"
+
+    def seeds_for(self, task: str) -> list[int]:
+        """The seeds ``task`` is retrained with."""
+        return list(self.seeds if isinstance(self.seeds, list) else self.seeds[task])
+
+    def check_tasks(self, tasks: list[str], source: str) -> None:
+        """Raise a ConfigError naming ``source`` when a mapping of ``seeds`` leaves out one of ``tasks``."""
+        missing = [t for t in tasks if isinstance(self.seeds, dict) and t not in self.seeds]
+        if missing:
+            raise ConfigError(f"{source}: final.seeds: no seeds for task(s) {missing}; give a list for each "
+                              f"of {list(tasks)}, or one list for all")

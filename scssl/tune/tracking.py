@@ -6,6 +6,7 @@ the study folder is safe and a remote ``mlflow server`` works the same way.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
+from scssl.settings import ConfigError
+
 STAGE, DATASET, METHOD, TASK, SEED, TRIAL_ID, CONFIG = (
     "scssl.stage", "scssl.dataset", "scssl.method", "scssl.task", "scssl.seed", "scssl.trial_id", "scssl.config",
 )
@@ -21,6 +24,8 @@ ERROR = "scssl.error"  # why a run FAILED or was KILLED
 RETRIED = "scssl.retried"  # on a FAILED run whose trial Tune ran again
 NODE = "scssl.node"  # the IP address of the Ray node that ran a trial
 VARIANT = "scssl.variant"  # a retrain run's label within a sweep, e.g. "temperature=0.5"; absent: ""
+JOB_KEY = "scssl.job_key"  # a retrain run's identity: a digest of everything that changes its result
+TUNE_KEY = "scssl.tune_key"  # a tuning run's: a digest of what changes a trial's result besides its sampled values
 
 
 def flatten(nested: dict, prefix: str = "") -> dict[str, Any]:
@@ -33,6 +38,37 @@ def flatten(nested: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def digest(obj: Any) -> str:
+    """A short stable hash of a JSON-able object (settings, a data set's fingerprint), for run identities."""
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _quoted(value: str) -> str:
+    """``value`` as an MLflow filter string literal. MLflow has no escape inside one, so the quote is
+    the kind the value does not contain; names that reach here never hold both (``scssl.names``)."""
+    value = str(value)
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"{value!r}: a tag value with both quote characters cannot be searched in MLflow")
+
+
+def check_reachable(uri: str, timeout: float = 10.0) -> None:
+    """A ConfigError at once when an MLflow server does not answer (MLflow itself retries for minutes)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except (urllib.error.URLError, OSError) as err:
+        raise ConfigError(f"tracking URI {uri}: no MLflow server answers there ({getattr(err, 'reason', err)}); "
+                          "start it, or give another --tracking-uri") from None
 
 
 class Tracker:
@@ -75,7 +111,7 @@ class Tracker:
 
     def runs(self, **tags: str) -> list:
         """All runs of the study whose tags equal ``tags`` (keys given without the ``scssl.`` prefix)."""
-        clauses = [f"tags.`scssl.{k}` = '{v}'" for k, v in tags.items()]
+        clauses = [f"tags.`scssl.{k}` = {_quoted(v)}" for k, v in tags.items()]
         return self.client.search_runs(
             [self.experiment_id], filter_string=" and ".join(clauses), max_results=50000,
             order_by=["attributes.start_time ASC"],

@@ -21,6 +21,10 @@ METRIC, MODE = "val_knn_accuracy", "max"
 BATCH_METRIC = "val_batch_mixing"  # the second objective of a multi-objective search
 SCORE = "val_score"  # 0.6 x METRIC + 0.4 x BATCH_METRIC: what ASHA ranks multi-objective trials by
 NONFINITE = "nonfinite_loss"  # reported instead of raising, so that Tune does not retry a NaN trial
+ERROR = "trial_error"  # likewise for an error that a retry would only repeat
+# Errors that another attempt may not meet: memory taken by another trial on a shared GPU. A lost worker
+# or node never reaches the trial's code; Tune retries those by itself.
+RETRIABLE = (torch.cuda.OutOfMemoryError, MemoryError)
 
 
 @dataclass
@@ -67,8 +71,9 @@ def run_trial(
 ) -> None:
     """Train ``config`` on the reference cells and ``tune.report`` loss and objectives after each epoch.
 
-    A loss that turns NaN or infinite ends the trial with a last report that says so (``NONFINITE``);
-    any other error propagates, and Tune retries the trial."""
+    A loss that turns NaN or infinite ends the trial with a last report that says so (``NONFINITE``), and
+    so does any other error of the trial's own code (``ERROR``): the trial is seeded, so a retry would
+    fail the same way. Only ``RETRIABLE`` errors propagate, for Tune to retry the trial."""
     shared: SharedData = ray.get(data) if isinstance(data, ray.ObjectRef) else data
     torch.set_num_threads(threads)
     method_cls = get_method(method)
@@ -93,7 +98,10 @@ def run_trial(
     try:
         train(method_cls, trial.params, X, trial.train, trial.augment, seed=seed, on_epoch=report,
               graph=shared.reference_graph)
-    except NonFiniteLossError as err:
+    except RETRIABLE:
+        raise
+    except Exception as err:
         nan = float("nan")
-        tune.report({"epoch": epochs_done + 1, NONFINITE: f"NonFiniteLossError: {err}", METRIC: nan,
+        ended = NONFINITE if isinstance(err, NonFiniteLossError) else ERROR
+        tune.report({"epoch": epochs_done + 1, ended: f"{type(err).__name__}: {err}", METRIC: nan,
                      **({BATCH_METRIC: nan, SCORE: nan} if multi_objective else {})})

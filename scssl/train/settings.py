@@ -1,0 +1,26 @@
+"""The training settings, apart from the loop so that experiment files are checked without torch."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from typing_extensions import Annotated
+
+from scssl.settings import settings
+
+
+@settings
+class TrainSettings:
+    """Optimiser and schedule (scSSL-Bench: Adam 1e-4, weight decay 1e-6, batch 256).
+
+    ``schedule: step`` reproduces the study's StepLR(10, 0.1) per epoch; ``constant`` keeps the
+    learning rate. ``device: auto`` takes a GPU when there is one.
+    """
+
+    epochs: Annotated[int, Field(ge=1)] = 50
+    batch_size: Annotated[int, Field(ge=2)] = 256
+    lr: Annotated[float, Field(gt=0.0)] = 1e-4
+    weight_decay: Annotated[float, Field(ge=0.0)] = 1e-6
+    schedule: Literal["constant", "step"] = "constant"
+    device: str = "auto"
