@@ -83,7 +83,7 @@ def compare(grid: list[tuple[int, float]], tpe: list[tuple[int, float]]) -> dict
 def tuned_trials(name: str, folder: Path, method: str, epochs: int, tune: dict) -> list[tuple[int, float]]:
     """Run the tuning stage of a one-method study in ``folder``; its trials as (epochs, objective)."""
     from scssl.experiment import load_experiment
-    from scssl.study import run_study, tracker_for
+    from scssl.study import open_study, run_study
     from scssl.tune.trainable import METRIC
     from scssl.tune.tracking import Tracker
 
@@ -97,7 +97,7 @@ def tuned_trials(name: str, folder: Path, method: str, epochs: int, tune: dict) 
     }))
     experiment = load_experiment(file)
     run_study(experiment, stages=("tune",))
-    tracker = tracker_for(experiment)
+    tracker = open_study(experiment)
     trials = []
     for run in tracker.runs(stage="tune", method=method):  # in start order
         history = sorted(tracker.client.get_metric_history(run.info.run_id, METRIC), key=lambda m: m.step)

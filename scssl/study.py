@@ -131,6 +131,9 @@ def _run_on_ray(experiment: Experiment, datasets: dict[str, PreparedDataset], st
     try:
         check_resources(experiment)
         tracker = open_study(experiment)
+        killed = tracker.close_dead_runs()  # any stage's: the tuning runs of a killed `run`, its retrain runs...
+        if killed:
+            print(f"[scssl] {killed} run(s) of a stopped driver closed as KILLED", flush=True)
         graphs = experiment.uses_neighbours
         refs = {name: ray.put(SharedData.build(ds, cfg.tune, graphs)) for name, ds in datasets.items()}
         if "tune" in stages and cfg.final.retrain != "best":  # nothing to tune

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 
 import pytest
@@ -105,7 +106,7 @@ def test_sigterm_mid_retrain_closes_the_running_jobs_and_a_rerun_runs_each_job_o
     assert not [r for r in runs if r.info.status == "RUNNING"]
 
 
-def test_a_second_ctrl_c_ends_at_once(tmp_path, small_experiment):
+def test_a_second_ctrl_c_ends_at_once_and_any_later_stage_closes_what_it_left(tmp_path, small_experiment):
     experiment = small_experiment("twice", train={"epochs": 60, "batch_size": 64},
                                   final={"retrain": "defaults", "seeds": [0, 1]})
     client = MlflowClient(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
@@ -113,13 +114,18 @@ def test_a_second_ctrl_c_ends_at_once(tmp_path, small_experiment):
     try:
         wait_for(lambda: _training(client, "twice", "retrain"), "a retrain job")
         os.killpg(driver.pid, signal.SIGINT)
+        time.sleep(0.5)  # two separate signals, not one pending twice
         os.killpg(driver.pid, signal.SIGINT)
         driver.communicate(timeout=60)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
     assert driver.returncode == 130
-    # what the driver could not close, the next start closes
+    # a later stage of any kind closes the runs the driver could not close
+    tune = subprocess.run([sys.executable, "-m", "scssl", "tune", str(experiment)], capture_output=True, text=True,
+                          timeout=900)
+    assert tune.returncode == 0, tune.stdout + tune.stderr
+    assert not [r for r in _runs(client, "twice", "retrain") if r.info.status == "RUNNING"]
     again = subprocess.run([sys.executable, "-m", "scssl", "retrain", str(experiment)], capture_output=True,
                            text=True, timeout=900)
     assert again.returncode == 0, again.stdout + again.stderr
@@ -147,7 +153,9 @@ def test_a_study_with_failures_lists_them_and_exits_1_without_retrying_what_woul
     assert "mps" in runs[0].data.tags["scssl.error"]
 
 
-def test_a_killed_drivers_ray_processes_do_not_outlive_it(tmp_path, small_experiment):
+def test_a_killed_drivers_ray_agents_are_watched_and_ended(tmp_path, small_experiment):
+    """Ray's dashboard and runtime-env agents outlive a SIGKILLed driver by about a minute on their own;
+    the study's reaper (tests/test_reaper.py) watches them and ends them at once."""
     import psutil
 
     experiment = small_experiment("orphans", train={"epochs": 60, "batch_size": 64},
@@ -156,8 +164,17 @@ def test_a_killed_drivers_ray_processes_do_not_outlive_it(tmp_path, small_experi
     driver = _scssl("tune", str(experiment))
     try:
         wait_for(lambda: _training(client, "orphans", "tune"), "a trial in training")
+        def command(process) -> str:  # "" for a process that ended meanwhile
+            try:
+                return " ".join(process.cmdline()).strip()
+            except psutil.Error:
+                return ""
+
         processes = psutil.Process(driver.pid).children(recursive=True)
-        assert any("DashboardAgent" in " ".join(p.cmdline()) for p in processes if p.is_running())
+        [reaper] = [p for p in processes if "scssl.tune.reaper" in command(p)]
+        agents = [p for p in processes if command(p) in ("ray::DashboardAgent", "ray::RuntimeEnvAgent")]
+        assert len(agents) == 2
+        assert all(f"{p.pid}:" in command(reaper) for p in agents)
         driver.kill()  # SIGKILL to the driver alone: it can clean nothing up
         driver.wait(timeout=30)
         wait_for(lambda: not [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE],

@@ -8,6 +8,7 @@ from mlflow.tracking import MlflowClient
 from scssl.cli import main
 from scssl.experiment import load_experiment
 from scssl.methods import get_method
+from scssl.report.tables import collect
 from scssl.settings import ConfigError, as_dict, parse
 from scssl.tune.retrain import JOB_KEY, job_slots, method_configs, plan_jobs, retrain_stage
 from scssl.tune.settings import FinalSettings
@@ -186,3 +187,13 @@ def test_an_edited_experiment_reruns_only_what_it_changed(tmp_path, small_experi
     assert len({r.data.tags[JOB_KEY] for r in runs}) == 2
     for run in runs:
         assert run.data.metrics["train_seconds"] > 0 and run.data.metrics["eval_seconds"] > 0
+
+    # the edit undone: nothing runs, and the report counts the first run again, not the newer edited one
+    small_experiment("defaults", final=final)
+    assert main(["retrain", str(path)]) == 0
+    assert "[retrain] 0 of 1 jobs to run" in capsys.readouterr().out
+    first, edited = sorted(_retrain_runs(tmp_path / "out"), key=lambda r: r.info.start_time)
+    assert first.data.tags["scssl.superseded"] == "false" and edited.data.tags["scssl.superseded"] == "true"
+    tracker = Tracker(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}", "defaults", tmp_path / "out" / "mlartifacts")
+    reported = collect(tracker).set_index("metric")["value"]
+    assert reported["train_seconds"] == first.data.metrics["train_seconds"] != edited.data.metrics["train_seconds"]

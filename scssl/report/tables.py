@@ -11,7 +11,7 @@ import pandas as pd
 
 from scssl.evaluate import AGGREGATES, BATCH_METRICS, BIO_METRICS, aggregate
 from scssl.report.formats import cell, latex, markdown
-from scssl.tune.tracking import DATASET, METHOD, SEED, TASK, VARIANT, Tracker
+from scssl.tune.tracking import DATASET, METHOD, SEED, SUPERSEDED, TASK, VARIANT, Tracker
 
 ROW = ["dataset", "method", "variant"]
 LONG = ROW + ["task", "seed", "metric", "value"]
@@ -76,11 +76,12 @@ class Table:
 
 
 def collect(tracker: Tracker) -> pd.DataFrame:
-    """One row per finished retrain run and metric; the latest run wins for a (data set, method, variant,
-    task, seed). A run without the variant tag has variant ""."""
+    """One row per finished retrain run and metric; the latest run that is not ``superseded`` (its job
+    edited away) wins for a (data set, method, variant, task, seed). A run without the variant tag has
+    variant ""."""
     rows = []
     for run in tracker.runs(stage="retrain"):
-        if not Tracker.finished(run):
+        if not Tracker.finished(run) or run.data.tags.get(SUPERSEDED) == "true":
             continue
         tags = run.data.tags
         for metric, value in run.data.metrics.items():

@@ -30,7 +30,7 @@ from scssl.train import fit_embedding
 from scssl.tune.search import best_trials, tune_key
 from scssl.tune.search_space import TrialSettings, trial_settings
 from scssl.tune.tracking import (
-    CONFIG, DATASET, ERROR, JOB_KEY, METHOD, SEED, STAGE, TASK, VARIANT, Tracker, digest,
+    CONFIG, DATASET, ERROR, JOB_KEY, METHOD, SEED, STAGE, SUPERSEDED, TASK, VARIANT, Tracker, digest,
 )
 from scssl.tune.trainable import SharedData
 
@@ -149,6 +149,21 @@ def plan_jobs(experiment: Experiment, tracker: Tracker, fingerprints: dict[str, 
     return list({job.key: job for job in jobs}.values()), untuned  # a grid may repeat a point
 
 
+def _mark_superseded(tracker: Tracker, jobs: list[RetrainJob], finished: list) -> None:
+    """Tag each finished run of a planned job's data set, method, variant, task and seed ``superseded``
+    unless it is that job's own run, so that the report shows the run of the experiment as it is now
+    (an edit and its revert would otherwise leave the edited run as the latest)."""
+    planned = {(job.dataset, job.method, job.variant, job.task, str(job.seed)): job.key for job in jobs}
+    for run in finished:
+        tags = run.data.tags
+        key = planned.get((tags[DATASET], tags[METHOD], tags.get(VARIANT, ""), tags[TASK], tags[SEED]))
+        if key is None:
+            continue
+        superseded = "true" if tags.get(JOB_KEY) != key else "false"
+        if tags.get(SUPERSEDED, "false") != superseded:
+            tracker.set_tags(run.info.run_id, {SUPERSEDED: superseded})
+
+
 def job_slots(resources: dict[str, float], cpus_per_job: float, gpus_per_job: float) -> int:
     """How many jobs fit ``resources`` (``ray.cluster_resources()``) at once; at least 1, so that a cluster
     whose GPU nodes an autoscaler has not started yet still makes progress."""
@@ -164,15 +179,14 @@ def retrain_stage(experiment: Experiment, data_refs: dict, tracker: Tracker, fin
     anything interrupts the driver, their tasks are cancelled and their runs closed as KILLED (a rerun
     does them), then the interrupt is raised again."""
     cfg = experiment.config
-    killed = tracker.close_dead_runs(stage="retrain")
     jobs, failures = plan_jobs(experiment, tracker, fingerprints)
     for line in failures:
         print(f"[retrain] {line}", flush=True)
-    finished = {r.data.tags.get(JOB_KEY) for r in tracker.runs(stage="retrain") if Tracker.finished(r)}
-    todo = [job for job in jobs if job.key not in finished]
+    finished = [r for r in tracker.runs(stage="retrain") if Tracker.finished(r)]
+    _mark_superseded(tracker, jobs, finished)
+    todo = [job for job in jobs if job.key not in {r.data.tags.get(JOB_KEY) for r in finished}]
     seeds = ", ".join(f"{len(cfg.final.seeds_for(task))} seed(s) for {task}" for task in cfg.tasks)
-    print(f"[retrain] {len(todo)} of {len(jobs)} jobs to run ({seeds} per configuration)"
-          + (f"; {killed} run(s) of a stopped driver closed as KILLED" if killed else ""), flush=True)
+    print(f"[retrain] {len(todo)} of {len(jobs)} jobs to run ({seeds} per configuration)", flush=True)
     threads = max(1, int(cfg.tune.cpus_per_trial))
     task = ray.remote(run_job).options(num_cpus=cfg.tune.cpus_per_trial, num_gpus=cfg.tune.gpus_per_trial)
     queue = iter(todo)

@@ -57,7 +57,6 @@ def tune_method(experiment: Experiment, dataset: str, fingerprint: str, data_ref
     method_cls = get_method(method)
     space = experiment.search_spaces[method]
     tags = {"stage": "tune", "dataset": dataset, "method": method}
-    killed = tracker.close_dead_runs(**tags)
     key = tune_key(experiment, fingerprint, method)
     done = [r for r in tracker.runs(**tags, tune_key=key) if Tracker.ended_for_good(r)]
     searcher, param_space, num_samples, n_todo = _plan(cfg.tune, space, done)
@@ -66,8 +65,7 @@ def tune_method(experiment: Experiment, dataset: str, fingerprint: str, data_ref
         searcher = AnswerRepeats(searcher, space, cfg.train.epochs, known)
     total = n_todo + len(done)
     print(f"[tune] {dataset}/{method}: {n_todo} of {total} trials to run ({cfg.tune.search}), up to "
-          f"{cfg.train.epochs} epochs each" + (f"; {killed} run(s) of a stopped driver closed as KILLED"
-                                               if killed else ""), flush=True)
+          f"{cfg.train.epochs} epochs each", flush=True)
     if n_todo == 0:
         return []
     trainable = tune.with_resources(

@@ -25,6 +25,7 @@ RETRIED = "scssl.retried"  # on a FAILED run whose trial Tune ran again
 NODE = "scssl.node"  # the IP address of the Ray node that ran a trial
 VARIANT = "scssl.variant"  # a retrain run's label within a sweep, e.g. "temperature=0.5"; absent: ""
 JOB_KEY = "scssl.job_key"  # a retrain run's identity: a digest of everything that changes its result
+SUPERSEDED = "scssl.superseded"  # "true" on a finished retrain run whose job the experiment no longer has
 TUNE_KEY = "scssl.tune_key"  # a tuning run's: a digest of what changes a trial's result besides its sampled values
 
 
@@ -128,8 +129,8 @@ class Tracker:
         return Tracker.finished(run) or (failed and RETRIED not in run.data.tags)
 
     def close_dead_runs(self, **tags: str) -> int:
-        """Mark KILLED the RUNNING runs with ``tags``: only a driver opens and closes runs, so when a
-        driver starts, such runs belong to one that died (one driver per study at a time)."""
+        """Mark KILLED the RUNNING runs with ``tags`` (all with none): only a driver opens and closes runs,
+        so when a driver starts, such runs belong to one that died (one driver per study at a time)."""
         dead = [r for r in self.runs(**tags) if r.info.status == RunStatus.to_string(RunStatus.RUNNING)]
         for run in dead:
             self.set_tags(run.info.run_id, {ERROR: "the driver stopped before this run ended"})
