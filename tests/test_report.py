@@ -229,3 +229,19 @@ def test_report_notes_what_it_cannot_draw(store, tmp_path, capsys):
     assert "no cell metadata" in out and "no parameter importances" in out
     assert sorted(p.name for p in (tmp_path / "results" / "figures").iterdir()) == [
         "optuna_d__simclr_history.png", "scib_table_d.png"]
+
+
+def test_the_tuning_figures_show_only_the_latest_search():
+    from types import SimpleNamespace
+
+    from scssl.report.tuning import latest_search
+
+    def run(start: int, key: str | None):
+        tags = {} if key is None else {"scssl.tune_key": key}
+        return SimpleNamespace(info=SimpleNamespace(start_time=start), data=SimpleNamespace(tags=tags))
+
+    before_edit, after_edit, older = [run(1, "a"), run(2, "a")], [run(3, "b"), run(5, "b")], [run(0, None)]
+    assert latest_search(older + before_edit + after_edit) == after_edit
+    reverted = run(6, "a")  # the edit undone: the search of key "a" is the latest again
+    assert latest_search(older + before_edit + after_edit + [reverted]) == before_edit + [reverted]
+    assert latest_search(older) == older and latest_search([]) == []

@@ -12,7 +12,7 @@ from scssl.report.figures import results_table_figure, umap_figure
 from scssl.report.html import ReportFigure, write_html
 from scssl.report.runs import cell_metadata, embeddings, log_report
 from scssl.report.tables import Table, benchmark_tables, collect, label, shown
-from scssl.report.tuning import tuning_figures, tuning_study
+from scssl.report.tuning import latest_search, tuning_figures, tuning_study
 from scssl.report.formats import markdown
 from scssl.tune.search import pareto_front
 from scssl.tune.tracking import DATASET, METHOD, TRIAL_ID, Tracker
@@ -95,11 +95,13 @@ def _umaps(tracker: Tracker, rows: pd.MultiIndex, dataset: str, seed: int, folde
 
 def _pareto_fronts(tracker: Tracker, results_dir: Path) -> list[Path]:
     """``pareto_front.csv`` / ``.md``: for a multi-objective search, every finished trial's two objectives and
-    whether it is on its method's Pareto front (no other trial at least as good on both and better on one)."""
+    whether it is on its method's Pareto front (no other trial at least as good on both and better on one);
+    the trials of each method's latest search."""
     names = [METRIC, BATCH_METRIC]
     rows = []
     runs = [r for r in tracker.runs(stage="tune") if Tracker.finished(r) and all(n in r.data.metrics for n in names)]
     for (dataset, method), group in _group(runs, (DATASET, METHOD)).items():
+        group = latest_search(group)
         front = {r.info.run_id for r in pareto_front(group, names)}
         rows += [{"dataset": dataset, "method": method, "trial": r.data.tags[TRIAL_ID],
                   **{n: r.data.metrics[n] for n in names}, "on_front": r.info.run_id in front} for r in group]

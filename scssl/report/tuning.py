@@ -18,14 +18,26 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.importance import FanovaImportanceEvaluator
 from optuna.trial import TrialState
 
-from scssl.tune.tracking import Tracker
+from scssl.tune.tracking import TUNE_KEY, Tracker
 from scssl.tune.trainable import METRIC, MODE
 
 
+def latest_search(runs: list) -> list:
+    """Those of the tune ``runs`` of one data set and method that belong to the latest search: the
+    ``scssl.tune_key`` of the run that started last. Trials of the experiment before an edit that changes
+    their results are not mixed with the new ones (the report knows nothing but MLflow)."""
+    if not runs:
+        return []
+    key = max(runs, key=lambda r: r.info.start_time).data.tags.get(TUNE_KEY, "")
+    return [r for r in runs if r.data.tags.get(TUNE_KEY, "") == key]
+
+
 def tuning_study(tracker: Tracker, dataset: str, method: str) -> optuna.Study | None:
-    """The tune runs of ``method`` on ``dataset`` as an Optuna study, in the order they started; finished runs
-    with an objective are COMPLETE trials, failed ones (not retried) FAIL; None when there are none."""
-    runs = [r for r in tracker.runs(stage="tune", dataset=dataset, method=method) if Tracker.ended_for_good(r)]
+    """The tune runs of ``method`` on ``dataset`` (its latest search) as an Optuna study, in the order they
+    started; finished runs with an objective are COMPLETE trials, failed ones (not retried) FAIL; None when
+    there are none."""
+    runs = [r for r in latest_search(tracker.runs(stage="tune", dataset=dataset, method=method))
+            if Tracker.ended_for_good(r)]
     if not runs:
         return None
     params = [{k: _value(v) for k, v in r.data.params.items()} for r in runs]
