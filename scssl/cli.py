@@ -45,7 +45,7 @@ def _check_cluster(path: str) -> None:
     print(f"{path}: valid Ray cluster config ({types})")
 
 
-STAGES = {
+STAGE_COMMANDS = {  # command -> (help, the study's stages it runs)
     "run": ("tune, retrain the best configurations, report", ("tune", "retrain", "report")),
     "tune": ("only the search: trials through Ray Tune, Optuna and ASHA", ("tune",)),
     "retrain": ("only the final stage: best configurations with several seeds", ("retrain",)),
@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scssl", description="Benchmark and tune SSL for single-cell data.")
     parser.add_argument("--version", action="version", version=f"scssl {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, (help_text, _) in STAGES.items():
+    for name, (help_text, _) in STAGE_COMMANDS.items():
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("experiment", help="experiment YAML file, e.g. experiments/quickstart.yaml")
         sub.add_argument("--output-dir", help="study folder (default: the file's output_dir)")
@@ -106,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
 
     with stop_on_signals() as received:
         try:
-            failures = run_study(experiment, STAGES[args.command][1], getattr(args, "address", None), args.verbose)
+            failures = run_study(experiment, STAGE_COMMANDS[args.command][1], getattr(args, "address", None), args.verbose)
         except KeyboardInterrupt:
             name = received[0] if received else "SIGINT"
             print(f"\n[scssl] stopped by {name}: unfinished trials and jobs are closed in MLflow as KILLED. "

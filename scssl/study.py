@@ -92,8 +92,10 @@ def prepare_datasets(experiment: Experiment, stages: tuple[str, ...] = STAGES) -
 def validate_study(experiment: Experiment) -> None:
     """``scssl validate``: check the experiment and its data, and print what a run would do; starts nothing."""
     from scssl.tune.plan import study_plan
+    from scssl.tune.tracking import check_reachable
 
     prepare_datasets(experiment)
+    check_reachable(experiment.tracking_uri)
     print(f"[validate] {experiment.source}: valid. Study folder {experiment.study_dir}; "
           f"MLflow {experiment.tracking_uri}")
     for line in study_plan(experiment):

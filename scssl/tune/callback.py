@@ -14,7 +14,7 @@ from ray.tune import Callback
 
 from scssl.tune.search_space import trial_settings, unwrap
 from scssl.tune.tracking import CONFIG, DATASET, ERROR, METHOD, NODE, RETRIED, STAGE, TRIAL_ID, TUNE_KEY, Tracker
-from scssl.tune.trainable import BATCH_METRIC, ERROR as TRIAL_ERROR, METRIC, NONFINITE, SCORE
+from scssl.tune.trainable import BATCH_METRIC, METRIC, NONFINITE, SCORE, TRIAL_ERROR
 
 REPORTED = ("loss", METRIC, BATCH_METRIC, SCORE, "epoch_seconds")
 

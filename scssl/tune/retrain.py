@@ -17,6 +17,7 @@ import json
 import re
 import time
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import ray
@@ -52,7 +53,7 @@ class RetrainJob:
     trial: TrialSettings
     variant: str = ""
 
-    @property
+    @cached_property
     def key(self) -> str:
         """Digest of everything that changes the result: data, method, task, seed, variant, every resolved
         setting (``train.device`` included) and the evaluation. A baseline ignores ``train`` and ``augment``."""
@@ -184,7 +185,8 @@ def retrain_stage(experiment: Experiment, data_refs: dict, tracker: Tracker, fin
         print(f"[retrain] {line}", flush=True)
     finished = [r for r in tracker.runs(stage="retrain") if Tracker.finished(r)]
     _mark_superseded(tracker, jobs, finished)
-    todo = [job for job in jobs if job.key not in {r.data.tags.get(JOB_KEY) for r in finished}]
+    done = {r.data.tags.get(JOB_KEY) for r in finished}
+    todo = [job for job in jobs if job.key not in done]
     seeds = ", ".join(f"{len(cfg.final.seeds_for(task))} seed(s) for {task}" for task in cfg.tasks)
     print(f"[retrain] {len(todo)} of {len(jobs)} jobs to run ({seeds} per configuration)", flush=True)
     threads = max(1, int(cfg.tune.cpus_per_trial))

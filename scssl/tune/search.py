@@ -27,7 +27,7 @@ from scssl.tune.search_space import SearchSpace, config_key, grid_param_space
 from scssl.tune.settings import TuneSettings
 from scssl.settings import as_dict
 from scssl.tune.tracking import CONFIG, TUNE_KEY, Tracker, digest
-from scssl.tune.trainable import BATCH_METRIC, ERROR, METRIC, MODE, NONFINITE, SCORE, run_trial
+from scssl.tune.trainable import BATCH_METRIC, METRIC, MODE, NONFINITE, SCORE, TRIAL_ERROR, run_trial
 
 
 def objectives(tune_settings: TuneSettings) -> list[str]:
@@ -158,7 +158,7 @@ class AnswerRepeats(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         asked_as, config = self.asked[trial_id]
         self.searcher.on_trial_complete(asked_as, result, error)
-        ended_early = NONFINITE in (result or {}) or ERROR in (result or {})
+        ended_early = NONFINITE in (result or {}) or TRIAL_ERROR in (result or {})
         if result and not error and (result.get("training_iteration", 0) >= self.epochs or ended_early):
             self.known[point_key(self.space, config)] = result
 

@@ -21,7 +21,7 @@ METRIC, MODE = "val_knn_accuracy", "max"
 BATCH_METRIC = "val_batch_mixing"  # the second objective of a multi-objective search
 SCORE = "val_score"  # 0.6 x METRIC + 0.4 x BATCH_METRIC: what ASHA ranks multi-objective trials by
 NONFINITE = "nonfinite_loss"  # reported instead of raising, so that Tune does not retry a NaN trial
-ERROR = "trial_error"  # likewise for an error that a retry would only repeat
+TRIAL_ERROR = "trial_error"  # likewise for an error that a retry would only repeat
 # Errors that another attempt may not meet: memory taken by another trial on a shared GPU. A lost worker
 # or node never reaches the trial's code; Tune retries those by itself.
 RETRIABLE = (torch.cuda.OutOfMemoryError, MemoryError)
@@ -72,7 +72,7 @@ def run_trial(
     """Train ``config`` on the reference cells and ``tune.report`` loss and objectives after each epoch.
 
     A loss that turns NaN or infinite ends the trial with a last report that says so (``NONFINITE``), and
-    so does any other error of the trial's own code (``ERROR``): the trial is seeded, so a retry would
+    so does any other error of the trial's own code (``TRIAL_ERROR``): the trial is seeded, so a retry would
     fail the same way. Only ``RETRIABLE`` errors propagate, for Tune to retry the trial."""
     shared: SharedData = ray.get(data) if isinstance(data, ray.ObjectRef) else data
     torch.set_num_threads(threads)
@@ -102,6 +102,6 @@ def run_trial(
         raise
     except Exception as err:
         nan = float("nan")
-        ended = NONFINITE if isinstance(err, NonFiniteLossError) else ERROR
+        ended = NONFINITE if isinstance(err, NonFiniteLossError) else TRIAL_ERROR
         tune.report({"epoch": epochs_done + 1, ended: f"{type(err).__name__}: {err}", METRIC: nan,
                      **({BATCH_METRIC: nan, SCORE: nan} if multi_objective else {})})
