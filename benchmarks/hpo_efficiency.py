@@ -110,7 +110,7 @@ def write_grid(folder: Path, method: str) -> int:
     """``folder/search_spaces/<method>.yaml``, each value list of the grid a ``choice`` axis; its size."""
     from scssl.methods import get_method
     from scssl.settings import as_dict
-    from scssl.tune.search_space import load_search_space
+    from scssl.search_space import load_search_space
 
     cls = get_method(method)
     space = copy.deepcopy(GRID)

@@ -18,11 +18,12 @@ from typing_extensions import Annotated
 
 from scssl.augment import AugmentationConfig
 from scssl.data import DatasetSpec, resolve
+from scssl.evaluate.settings import FineTuneSettings
 from scssl.methods import METHODS
 from scssl.settings import SAFE_NAME, SAFE_NAME_TEXT, ConfigError, Name, parse, read_yaml, settings
 from scssl.train import TrainSettings
-from scssl.tune.search_space import SearchSpace, load_search_space, parse_search_space
-from scssl.tune.settings import FinalSettings, Task, TuneSettings
+from scssl.search_space import SearchSpace, load_search_space, parse_search_space
+from scssl.stages import QUERY_TASKS, FinalSettings, Task, TuneSettings
 
 
 @settings
@@ -34,6 +35,7 @@ class ExperimentConfig:
         default_factory=lambda: ["batch_correction", "cell_typing"])
     train: TrainSettings = field(default_factory=TrainSettings)
     augment: AugmentationConfig = field(default_factory=AugmentationConfig)
+    fine_tuning: FineTuneSettings = field(default_factory=FineTuneSettings)
     tune: TuneSettings = field(default_factory=TuneSettings)
     final: FinalSettings = field(default_factory=FinalSettings)
     search_spaces: str = "../search_spaces"
@@ -87,7 +89,8 @@ def load_experiment(path: str | Path, output_dir: str | None = None, tracking_ur
     else a SQLite database in the study folder.
     """
     path = Path(path).resolve()
-    config = parse(ExperimentConfig, read_yaml(path), str(path))
+    raw = read_yaml(path)
+    config = parse(ExperimentConfig, raw, str(path))
     base = path.parent
 
     unknown = [m for m in config.methods if m not in METHODS]
@@ -95,6 +98,7 @@ def load_experiment(path: str | Path, output_dir: str | None = None, tracking_ur
         raise ConfigError(f"{path}: methods: unknown {unknown}; known methods are {list(METHODS)}")
     if len(set(config.methods)) != len(config.methods):
         raise ConfigError(f"{path}: methods: each method may appear once, got {config.methods}")
+    _check_sections_used(raw, config, path)
 
     datasets = []
     for i, spec in enumerate(config.datasets):
@@ -108,11 +112,11 @@ def load_experiment(path: str | Path, output_dir: str | None = None, tracking_ur
     labels = [d.label for d in datasets]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"{path}: datasets: give each data set a distinct `id`, got {labels}")
-    if "cell_typing" in config.tasks:
+    for task in [t for t in config.tasks if t in QUERY_TASKS]:
         for i, spec in enumerate(datasets):
             if not spec.query_batches:
                 raise ConfigError(
-                    f"{path}: datasets.{i}.query_batches: the cell_typing task needs query batches "
+                    f"{path}: datasets.{i}.query_batches: the {task} task needs query batches "
                     f"for data set {spec.label!r}"
                 )
 
@@ -132,6 +136,17 @@ def load_experiment(path: str | Path, output_dir: str | None = None, tracking_ur
         or f"sqlite:///{study_dir / 'mlflow.db'}"
     )
     return Experiment(config, path, datasets, study_dir, spaces, uri)
+
+
+def _check_sections_used(raw: dict, config: ExperimentConfig, path: Path) -> None:
+    """A settings block no method or task of the experiment reads is an error, not silently ignored. (``train``
+    stays allowed beside baselines alone: its ``device`` and the tuning resources go with it.)"""
+    if "augment" in raw and not any("augment" in METHODS[m].sections for m in config.methods):
+        raise ConfigError(f"{path}: augment: none of the methods {config.methods} makes augmented views, so none "
+                          "would use this block; remove it")
+    if "fine_tuning" in raw and "fine_tuned_cell_typing" not in config.tasks:
+        raise ConfigError(f"{path}: fine_tuning: only the fine_tuned_cell_typing task uses it, and tasks are "
+                          f"{config.tasks}; add the task or remove the block")
 
 
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -174,7 +189,7 @@ def _search_spaces(config: ExperimentConfig, path: Path) -> dict[str, SearchSpac
         if not cls.trainable:
             continue
         if config.search_space is not None:
-            space = parse_search_space(config.search_space, cls, f"{path}: search_space [{name}]")
+            space = parse_search_space(config.search_space, cls, f"{path}: search_space [{name}]", path.parent)
         else:
             file = _under(path.parent, config.search_spaces) / f"{name}.yaml"
             if not file.is_file():

@@ -77,3 +77,15 @@ def as_dict(obj: Any) -> dict:
 
 def field_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
+
+
+def flatten(nested: dict, prefix: str = "") -> dict[str, Any]:
+    """{"augment": {"masking": {"rate": 0.2}}} -> {"augment.masking.rate": 0.2}"""
+    out: dict[str, Any] = {}
+    for key, value in nested.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out

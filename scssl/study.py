@@ -115,7 +115,7 @@ def _run_on_ray(experiment: Experiment, datasets: dict[str, PreparedDataset], st
     from scssl.tune.resources import check_resources
     from scssl.tune.retrain import retrain_stage
     from scssl.tune.search import tune_method
-    from scssl.tune.trainable import SharedData
+    from scssl.evaluate.tasks import SharedData
 
     cfg = experiment.config
     local, since = address is None, time.time()

@@ -6,7 +6,8 @@ import yaml
 from scssl.experiment import load_experiment
 from scssl.methods import METHODS
 from scssl.settings import ConfigError
-from scssl.tune.search_space import Domain, config_key, load_search_space, trial_settings
+from scssl.search_space import Domain, config_key, load_search_space, trial_settings
+from scssl.tune.domains import param_space as tune_param_space
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,7 +95,7 @@ def test_param_space_and_trial_settings(tmp_path):
     })
     space = load_search_space(path, METHODS["simclr"])
     assert space.entries[("method", "projector_layers")] == Domain("int", (1, 3))
-    param_space = space.param_space()
+    param_space = tune_param_space(space)
     assert param_space["train"]["lr"] == 0.001
     assert param_space["method"]["projector_layers"].upper == 4  # inclusive bound -> randint's exclusive one
 

@@ -11,7 +11,7 @@ from scssl.methods import get_method
 from scssl.report.tables import collect
 from scssl.settings import ConfigError, as_dict, parse
 from scssl.tune.retrain import JOB_KEY, job_slots, method_configs, plan_jobs, retrain_stage
-from scssl.tune.settings import FinalSettings
+from scssl.stages import FinalSettings
 from scssl.tune.tracking import ERROR, Tracker
 
 
@@ -76,7 +76,7 @@ def test_seeds_per_task_plan_their_jobs(small_experiment):
     ([], "seeds.list: Value error, expected at least one seed"),
     ([1, 1], "each seed may appear once"),
     ({"cell_typing": []}, "seeds.per_task.cell_typing: Value error, expected at least one seed"),
-    ({"clustering": [0]}, "seeds.per_task.clustering.[key]: Input should be 'batch_correction' or 'cell_typing'"),
+    ({"clustering": [0]}, "seeds.per_task.clustering.[key]: Input should be 'batch_correction', 'cell_typing', 'reconstruction' or 'fine_tuned_cell_typing'"),
     ({}, "seeds.per_task: Dictionary should have at least 1 item"),
 ])
 def test_bad_seeds_are_config_errors(seeds, expected):

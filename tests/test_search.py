@@ -10,8 +10,9 @@ from ray.tune.search.optuna import OptunaSearch
 
 from scssl.methods import METHODS
 from scssl.tune.search import AnswerRepeats, _final_results, _plan, pareto_front
-from scssl.tune.search_space import GRID_POINT, parse_search_space
-from scssl.tune.settings import TuneSettings
+from scssl.search_space import parse_search_space
+from scssl.tune.domains import GRID_POINT, param_space
+from scssl.stages import TuneSettings
 
 
 def _run(config: dict, status: str = "FINISHED", **metrics):
@@ -55,7 +56,7 @@ def test_pareto_front_keeps_the_runs_no_other_beats_on_both():
 def _answering(epochs=4, known=None):
     searcher = OptunaSearch(sampler=optuna.samplers.RandomSampler(seed=0), metric="val_knn_accuracy", mode="max")
     answering = AnswerRepeats(searcher, SPACE, epochs, known)
-    answering.set_search_properties("val_knn_accuracy", "max", SPACE.param_space())
+    answering.set_search_properties("val_knn_accuracy", "max", param_space(SPACE))
     return answering
 
 

@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 
 from scssl.report import build_report, collect
-from scssl.tune.tracking import Tracker, flatten
+from scssl.settings import flatten
+from scssl.tune.tracking import Tracker
 
 
 def _tracker(tmp_path):

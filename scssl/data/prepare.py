@@ -24,25 +24,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from scssl.data.spec import DatasetSpec
-from scssl.settings import ConfigError
+from scssl.data.spec import DataError, DatasetSpec
 
 REFERENCE, QUERY = "reference", "query"
 _CHUNK = 1 << 22  # stored values checked at once: bounds the memory of the masks on large files
-
-
-class DataError(ConfigError):
-    """The data of a data set is unusable; ``key`` is the DatasetSpec field the problem concerns.
-
-    The message names the data file; whoever knows the experiment file adds it and the key path.
-    """
-
-    def __init__(self, message: str, key: str):
-        super().__init__(message)
-        self.key = key
-
-    def __reduce__(self):  # the default would rebuild it from the message alone, without ``key``
-        return type(self), (str(self), self.key)
 
 
 @dataclass

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from typing_extensions import Annotated
 
-from scssl.settings import settings
+from scssl.settings import ConfigError, settings
 
 
 @settings
@@ -40,3 +40,17 @@ class DatasetSpec:
     def label(self) -> str:
         """Short name used in tables, MLflow and file names."""
         return self.id or self.name or Path(self.path).stem
+
+
+class DataError(ConfigError):
+    """The data of a data set is unusable; ``key`` is the DatasetSpec field the problem concerns.
+
+    The message names the data file; whoever knows the experiment file adds it and the key path.
+    """
+
+    def __init__(self, message: str, key: str):
+        super().__init__(message)
+        self.key = key
+
+    def __reduce__(self):  # the default would rebuild it from the message alone, without ``key``
+        return type(self), (str(self), self.key)

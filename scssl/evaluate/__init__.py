@@ -1,4 +1,5 @@
-"""Evaluate layer: scIB batch-correction metrics and kNN query-to-reference cell typing.
+"""Evaluate layer: the benchmark tasks (``TASKS``) and their metrics: scIB batch correction, kNN and
+fine-tuned query-to-reference cell typing, gene-expression reconstruction.
 
 Loaded on first use (anndata, sklearn, scib-metrics).
 """
@@ -7,10 +8,16 @@ from scssl import lazy_exports
 
 __getattr__ = lazy_exports(__name__, {
     "batch_correction": ["AGGREGATES", "BATCH_METRICS", "BIO_METRICS", "aggregate", "exact_neighbors", "scib_scores"],
-    "cell_typing": ["K_NEIGHBORS", "knn_accuracy", "knn_cell_typing", "validation_split"],
+    "cell_typing": ["K_NEIGHBORS", "knn_accuracy", "knn_cell_typing", "label_transfer_scores", "validation_split"],
+    "fine_tuning": ["fine_tune"],
+    "reconstruction": ["mean_reconstruction", "pca_reconstruction", "reconstruction_scores"],
+    "settings": ["FineTuneSettings"],
+    "tasks": ["TASKS", "SharedData", "TaskInputs"],
 })
 
 __all__ = [
-    "AGGREGATES", "BATCH_METRICS", "BIO_METRICS", "K_NEIGHBORS", "aggregate", "exact_neighbors",
-    "knn_accuracy", "knn_cell_typing", "scib_scores", "validation_split",
+    "AGGREGATES", "BATCH_METRICS", "BIO_METRICS", "FineTuneSettings", "K_NEIGHBORS", "SharedData", "TASKS",
+    "TaskInputs", "aggregate", "exact_neighbors", "fine_tune", "knn_accuracy", "knn_cell_typing",
+    "label_transfer_scores", "mean_reconstruction", "pca_reconstruction", "reconstruction_scores", "scib_scores",
+    "validation_split",
 ]

@@ -1,4 +1,5 @@
-"""Query-to-reference cell typing: kNN (k = 11, Euclidean, uniform) fitted on reference embeddings."""
+"""Query-to-reference cell typing: kNN (k = 11, Euclidean, uniform) fitted on reference embeddings, and the
+label-transfer scores it shares with fine-tuned classifiers."""
 
 from __future__ import annotations
 
@@ -18,15 +19,19 @@ def knn_cell_typing(
     ref_emb: np.ndarray, ref_labels: np.ndarray, query_emb: np.ndarray, query_labels: np.ndarray,
     k: int = K_NEIGHBORS,
 ) -> dict[str, float]:
-    """Macro-F1 and accuracy of kNN label transfer to the query.
+    """Macro-F1 and accuracy of kNN label transfer to the query (see ``label_transfer_scores``)."""
+    return label_transfer_scores(ref_labels, query_labels, knn_predict(ref_emb, ref_labels, query_emb, k))
+
+
+def label_transfer_scores(ref_labels: np.ndarray, query_labels: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """Macro-F1 and accuracy of query labels ``predicted`` by any classifier trained on the reference.
 
     ``macro_f1`` / ``accuracy`` count only query cells whose type occurs in the reference, and
     average F1 over those types (the study's ``exclude=True``); the ``_all`` variants keep every
     query cell, so types absent from the reference count as errors.
     """
-    ref_labels, query_labels = np.asarray(ref_labels), np.asarray(query_labels)
-    predicted = knn_predict(ref_emb, ref_labels, query_emb, k)
-    shared = np.isin(query_labels, ref_labels)
+    query_labels, predicted = np.asarray(query_labels), np.asarray(predicted)
+    shared = np.isin(query_labels, np.asarray(ref_labels))
     shared_types = np.unique(query_labels[shared])
     return {
         "macro_f1": float(f1_score(query_labels[shared], predicted[shared], labels=shared_types,

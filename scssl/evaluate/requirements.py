@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from scssl.data.prepare import DataError, PreparedDataset
 from scssl.evaluate.cell_typing import K_NEIGHBORS
+from scssl.stages import QUERY_TASKS
 
 MIN_CELLS = {
     # All cells: scib-metrics computes its metrics on each cell's 15, 50 and 90 nearest neighbours (the
     # cell itself included); with 89 cells or fewer it fails ("n must be smaller than the number of neighbors").
     "batch_correction": 90,
-    # Reference cells: with k = 11 neighbours a kNN vote over fewer than ~2 k cells is a vote over almost
+    # Reference cells (of every task that scores query cells): with k = 11 neighbours a kNN vote over fewer than ~2 k cells is a vote over almost
     # all of them, whatever the embedding. Measured on synthetic data (5 types): with 11 reference cells a
     # random embedding scores the same query macro-F1 as a PCA (0.07); at 30 PCA reaches 0.82, at 50 0.99,
     # where it levels off. The tuning objective classifies 20 % of the reference by the rest: at 50 cells
@@ -43,12 +44,12 @@ def check_tasks(dataset: PreparedDataset, tasks: list[str], source: str, tunes: 
         if len(types) < 2:  # measured: cLISI, and so Bio and Total, come out as -inf
             raise DataError(f"{source}: batch_correction needs at least 2 cell types in "
                             f"obs[{dataset.labels_key!r}], data set {name!r} has 1 ({types[0]!r})", "labels_key")
-    if "cell_typing" in tasks:
+    for task in [t for t in tasks if t in QUERY_TASKS]:
         need, n_ref, n_query = MIN_CELLS["cell_typing"], len(dataset.reference_index), len(dataset.query_index)
         if n_ref < need:
-            raise DataError(f"{source}: cell_typing needs at least {need} reference cells (kNN with "
+            raise DataError(f"{source}: {task} needs at least {need} reference cells (kNN with "
                             f"k = {K_NEIGHBORS}), data set {name!r} has {n_ref} (and {n_query} query cells); "
                             "hold out fewer query_batches", "query_batches")
         if n_query == 0:
-            raise DataError(f"{source}: cell_typing needs at least 1 query cell, data set {name!r} has none; "
+            raise DataError(f"{source}: {task} needs at least 1 query cell, data set {name!r} has none; "
                             "name the held-out batches in query_batches", "query_batches")

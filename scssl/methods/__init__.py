@@ -11,10 +11,10 @@ from scssl import lazy_exports
 
 _CLASSES = {  # method name (also its module) -> class
     "pca": "PCABaseline", "simclr": "SimCLR", "moco": "MoCo", "simsiam": "SimSiam", "nnclr": "NNCLR",
-    "byol": "BYOL", "barlow_twins": "BarlowTwins", "vicreg": "VICReg",
+    "byol": "BYOL", "barlow_twins": "BarlowTwins", "vicreg": "VICReg", "mae": "MAE",
 }
 
-__getattr__ = lazy_exports(__name__, {"base": ["EncoderParams", "SSLMethod"], **{n: [c] for n, c in _CLASSES.items()}})
+__getattr__ = lazy_exports(__name__, {"base": ["Batch", "EncoderParams", "FittedMethod", "SSLMethod", "TrainingContext", "TwoViewMethod"], **{n: [c] for n, c in _CLASSES.items()}})
 
 
 class _Registry(Mapping):
@@ -45,6 +45,6 @@ def get_method(name: str) -> type:
 
 
 __all__ = [
-    "BYOL", "METHODS", "NNCLR", "BarlowTwins", "EncoderParams", "MoCo", "PCABaseline", "SSLMethod", "SimCLR",
-    "SimSiam", "VICReg", "get_method",
+    "BYOL", "MAE", "METHODS", "NNCLR", "Batch", "BarlowTwins", "EncoderParams", "FittedMethod", "MoCo", "PCABaseline",
+    "SSLMethod", "SimCLR", "SimSiam", "TrainingContext", "TwoViewMethod", "VICReg", "get_method",
 ]

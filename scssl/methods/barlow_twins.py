@@ -5,13 +5,15 @@ from __future__ import annotations
 from pydantic import Field
 from typing_extensions import Annotated
 
-from scssl.methods.base import EncoderParams, Positive, PositiveFloat, SSLMethod, mlp_head, projector_dims
+from scssl.methods.base import (
+    EncoderParams, Positive, PositiveFloat, ProjectorParams, TwoViewMethod, mlp_head, projector_dims,
+)
 from scssl.methods.losses import barlow_twins
 from scssl.settings import settings
 
 
 @settings
-class BarlowTwinsParams(EncoderParams):
+class BarlowTwinsParams(ProjectorParams, EncoderParams):
     """Projector of 3 layers Lin-BN-ReLU-Lin-BN-ReLU-Lin, h -> 4h -> 4h -> 4h (lightly
     ``BarlowTwinsProjectionHead(64, 256, 256)``); off-diagonal weight 5e-3 (lightly's default)."""
 
@@ -21,7 +23,7 @@ class BarlowTwinsParams(EncoderParams):
     lambda_offdiag: Annotated[float, Field(ge=0.0)] = 5e-3
 
 
-class BarlowTwins(SSLMethod):
+class BarlowTwins(TwoViewMethod):
     """Redundancy reduction: diagonal of the cross-correlation to 1, off-diagonal to 0."""
 
     name = "barlow_twins"

@@ -1,51 +1,137 @@
-"""What every SSL method shares: the scSSL-Bench encoder, projector heads, and the method contract."""
+"""The method contract, and the pieces network methods are built from.
+
+Every method is one of two kinds, behind the same registry:
+
+- ``SSLMethod``: a network trained by the shared loop (``scssl.train``). It owns its training step: given a
+  ``Batch`` (clean rows, their indices, batch codes) it makes its own views or masks and returns its loss.
+  ``TwoViewMethod`` is the base of the contrastive and redundancy-reduction methods.
+- ``FittedMethod``: a method that fits by itself (PCA today); ``fit`` then ``embed``.
+
+``sections`` says which experiment / search-space sections a method reads besides ``method``, so that a
+section it would ignore is an error at load time. ``reconstructs`` and ``fine_tunable`` say which tasks it
+can serve besides the embedding tasks.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Protocol
 
+import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
+from pydantic_core import ArgsKwargs
 from torch import nn
 from typing_extensions import Annotated
 
 from scssl.methods.mechanics import cosine_schedule, ema_update
 from scssl.settings import settings
 
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+
+    from scssl.augment import AugmentationConfig, NeighbourGraph
+
 Positive = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0.0)]
 Momentum = Annotated[float, Field(ge=0.0, le=1.0)]
+DropoutRate = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+# Named encoder architectures: scSSL-Bench's get_backbone_deep (the defaults below) and Richter et al.'s MLP.
+ENCODER_PRESETS: dict[str, dict[str, Any]] = {
+    "scssl_bench": {},
+    "richter": {"hidden_dims": [512, 512, 256, 256], "embedding_dim": 64, "activation": "selu", "norm": "none",
+                "hidden_dropout": 0.1, "dropout": 0.0},
+}
+ACTIVATIONS = {"relu": nn.ReLU, "selu": nn.SELU, "gelu": nn.GELU}
 
 
 @settings
 class EncoderParams:
-    """Encoder and projector settings every SSL method has.
+    """The encoder every network method has: genes -> ``hidden_dims`` -> ``embedding_dim`` (the embedding).
 
-    The encoder is genes -> ``hidden_dim`` -> ``embedding_dim`` (scSSL-Bench: 128 -> 64); its output is
-    the embedding. The projector has ``projector_layers`` linear layers of width
-    ``projector_hidden_mult`` x embedding_dim and output ``projector_out_mult`` x embedding_dim.
+    Each hidden layer is Linear -> norm -> activation (-> Dropout(``hidden_dropout``)); the output layer is
+    Linear -> norm (-> Dropout(``dropout``)). The defaults are scSSL-Bench's 128 -> 64 with BatchNorm;
+    ``encoder_preset: richter`` is Richter et al.'s 512-512-256-256-64, SELU, dropout 0.1, no norm. Keys
+    given beside a preset override it.
     """
 
+    encoder_preset: Literal["scssl_bench", "richter"] | None = None
     embedding_dim: Annotated[int, Field(ge=2)] = 64
-    hidden_dim: Positive = 128
-    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    hidden_dims: Annotated[tuple[Positive, ...], Field(min_length=1)] = (128,)
+    activation: Literal["relu", "selu", "gelu"] = "relu"
+    norm: Literal["batch", "layer", "none"] = "batch"
+    hidden_dropout: DropoutRate = 0.0
+    dropout: DropoutRate = 0.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, ArgsKwargs) and not data.args:  # built in Python: Params(encoder_preset=...)
+            return cls._apply_preset(data.kwargs or {})
+        if not isinstance(data, dict) or data.get("encoder_preset") not in ENCODER_PRESETS:
+            return data  # no preset, or an unknown one (the Literal check reports it)
+        return {**ENCODER_PRESETS[data["encoder_preset"]], **data}
+
+
+@settings
+class ProjectorParams:
+    """The projector of the two-view methods: ``projector_layers`` linear layers of width
+    ``projector_hidden_mult`` x embedding_dim and output ``projector_out_mult`` x embedding_dim."""
+
     projector_layers: Positive = 2
     projector_hidden_mult: PositiveFloat = 1.0
     projector_out_mult: PositiveFloat = 1.0
 
 
+@settings
+class PredictorParams:
+    """Predictor of SimSiam, NNCLR and BYOL: projector output -> mult x embedding_dim -> projector output."""
+
+    predictor_hidden_mult: PositiveFloat = 1.0
+
+
+@settings
+class MomentumParams:
+    """A target network that follows the online one by EMA, its momentum rising along a cosine schedule
+    from ``momentum_start`` to ``momentum_end`` over the run's own number of steps."""
+
+    momentum_start: Momentum = 0.996
+    momentum_end: Momentum = 1.0
+
+
+@settings
+class QueueParams:
+    """A FIFO memory of the ``memory_size`` most recent projections (MoCo's negatives, NNCLR's support set)."""
+
+    memory_size: Positive = 2048
+
+
+def _norm(kind: str, width: int) -> list[nn.Module]:
+    return {"batch": [nn.BatchNorm1d(width)], "layer": [nn.LayerNorm(width)], "none": []}[kind]
+
+
+def mlp(dims: list[int], params: EncoderParams, last_dropout: float | None) -> nn.Sequential:
+    """Linear layers through ``dims`` with the norm, activation and dropout of ``params``; the last layer
+    has the norm (but no activation) and ``last_dropout``, or with ``last_dropout=None`` is a plain Linear
+    (a decoder's output). Dropout(0) is left out after hidden layers."""
+    layers: list[nn.Module] = []
+    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+        layers.append(nn.Linear(d_in, d_out))
+        if i < len(dims) - 2:
+            layers += [*_norm(params.norm, d_out), ACTIVATIONS[params.activation]()]
+            layers += [nn.Dropout(params.hidden_dropout)] if params.hidden_dropout > 0 else []
+        elif last_dropout is not None:
+            layers += [*_norm(params.norm, d_out), nn.Dropout(last_dropout)]
+    return nn.Sequential(*layers)
+
+
 class Encoder(nn.Sequential):
-    """Linear -> BN -> ReLU -> Linear -> BN -> Dropout, as scSSL-Bench's ``get_backbone_deep``."""
+    """The embedding network of ``EncoderParams`` (by default exactly scSSL-Bench's ``get_backbone_deep``:
+    Linear -> BN -> ReLU -> Linear -> BN -> Dropout)."""
 
     def __init__(self, n_genes: int, params: EncoderParams):
-        super().__init__(
-            nn.Linear(n_genes, params.hidden_dim),
-            nn.BatchNorm1d(params.hidden_dim),
-            nn.ReLU(),
-            nn.Linear(params.hidden_dim, params.embedding_dim),
-            nn.BatchNorm1d(params.embedding_dim),
-            nn.Dropout(params.dropout),
-        )
+        super().__init__(*mlp([n_genes, *params.hidden_dims, params.embedding_dim], params, params.dropout))
 
 
 def mlp_head(dims: list[int], hidden_norm: bool = True, last_norm: bool = False,
@@ -62,49 +148,129 @@ def mlp_head(dims: list[int], hidden_norm: bool = True, last_norm: bool = False,
     return nn.Sequential(*layers)
 
 
-def projector_dims(params: EncoderParams) -> list[int]:
+def projector_dims(params: ProjectorParams) -> list[int]:
     h = params.embedding_dim
     hidden = max(1, round(params.projector_hidden_mult * h))
     out = max(1, round(params.projector_out_mult * h))
     return [h] + [hidden] * (params.projector_layers - 1) + [out]
 
 
-def predictor_dims(params) -> list[int]:
-    """Predictor of SimSiam, NNCLR and BYOL: projector output -> mult x embedding_dim -> projector output."""
+def predictor_dims(params: PredictorParams) -> list[int]:
     out = projector_dims(params)[-1]
     return [out, max(1, round(params.predictor_hidden_mult * params.embedding_dim)), out]
 
 
-class SSLMethod(nn.Module):
-    """An SSL method: an encoder (the embedding), its heads, and its loss on two views.
+@dataclass
+class Batch:
+    """A mini-batch as a method's training step sees it: the clean (log-normalised) rows on the device,
+    their rows in the training matrix, and their batch codes (None when the caller has none)."""
 
-    Subclasses set ``name`` and ``Params`` (a settings dataclass derived from ``EncoderParams``,
-    holding every tunable hyper-parameter with the paper's default) and implement ``loss``.
+    x: torch.Tensor
+    index: torch.Tensor
+    batch_codes: torch.Tensor | None = None
+
+
+@dataclass
+class TrainingContext:
+    """What a method may need before training besides its settings: the training cells' row lookup, gene
+    names, neighbour graph (BBKNN / MNN augmentations), augmentations, seed and device."""
+
+    rows: Callable[[torch.Tensor], torch.Tensor]
+    genes: np.ndarray | None
+    graph: NeighbourGraph | None
+    augment: AugmentationConfig | None
+    seed: int
+    device: torch.device
+
+
+class SSLMethod(nn.Module):
+    """A network method: an encoder (the embedding), its heads, and its own training step.
+
+    Subclasses set ``name`` and ``Params`` (a settings dataclass derived from ``EncoderParams``, holding every
+    tunable hyper-parameter with the paper's default) and implement ``training_loss``.
     """
 
     name: ClassVar[str]
     Params: ClassVar[type[EncoderParams]]
-    trainable: ClassVar[bool] = True
+    trainable: ClassVar[bool] = True  # trained by the shared loop, tuned over a search space
+    sections: ClassVar[frozenset[str]] = frozenset({"train"})
+    reconstructs: ClassVar[bool] = False
+    fine_tunable: ClassVar[bool] = True
 
     def __init__(self, n_genes: int, params: EncoderParams):
         super().__init__()
         self.params = params
         self.encoder = Encoder(n_genes, params)
 
+    def setup(self, context: TrainingContext) -> None:
+        """Called once, on the device, before the first step."""
+
+    def training_loss(self, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Called after each optimiser step (momentum targets move here)."""
+
+
+class TwoViewMethod(SSLMethod):
+    """A method whose step is a loss on two augmented views of the batch (the seven generic methods)."""
+
+    sections = frozenset({"train", "augment"})
+    Params: ClassVar[type[EncoderParams]]
+
+    def setup(self, context: TrainingContext) -> None:
+        from scssl.augment import Augmenter  # the augment layer loads numba; a method class alone needs it not
+
+        self.augmenter = Augmenter(context.augment, context.device, context.seed, rows=context.rows,
+                                   graph=context.graph)
+
+    def training_loss(self, batch: Batch) -> torch.Tensor:
+        return self.loss(*self.augmenter(batch.x, batch.index))
 
     def loss(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+
+class MomentumTargets:
+    """Mixin of methods with EMA targets: ``momentum_pairs`` lists (online, target) modules, moved after
+    each step along the cosine schedule of ``MomentumParams``."""
+
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        """(online, target) modules whose target follows the online one by EMA; none by default."""
-        return []
+        raise NotImplementedError
 
     def after_step(self, step: int, total_steps: int) -> None:
-        """Called after each optimiser step: moves momentum targets along the cosine EMA schedule."""
-        pairs = self.momentum_pairs()
-        if pairs:
-            momentum = cosine_schedule(step, total_steps, self.params.momentum_start, self.params.momentum_end)
-            for online, target in pairs:
-                ema_update(online, target, momentum)
+        momentum = cosine_schedule(step, total_steps, self.params.momentum_start, self.params.momentum_end)
+        for online, target in self.momentum_pairs():
+            ema_update(online, target, momentum)
+
+
+@dataclass
+class Reconstruction:
+    """A method's reconstruction ``x_hat`` of cells from the ``inputs`` it saw; ``scored`` marks the entries
+    it was asked to reconstruct without seeing them (its mask's loss entries; None: scored on all)."""
+
+    inputs: np.ndarray
+    x_hat: np.ndarray
+    scored: np.ndarray | None = None
+
+
+class FittedMethod(Protocol):
+    """A method that fits by itself, not by the shared loop (PCA; scVI and checkpoints later)."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type]
+    trainable: ClassVar[bool]
+    sections: ClassVar[frozenset[str]]
+    reconstructs: ClassVar[bool]
+    fine_tunable: ClassVar[bool]
+
+    def __init__(self, params: Any, seed: int = 0): ...
+
+    def fit(self, X: np.ndarray | sp.spmatrix) -> FittedMethod: ...
+
+    def embed(self, X: np.ndarray | sp.spmatrix) -> np.ndarray: ...
+
+    def reconstruct(self, X: np.ndarray | sp.spmatrix, seed: int) -> Reconstruction: ...  # when ``reconstructs``

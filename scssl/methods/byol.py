@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from scssl.methods.base import (
-    EncoderParams, Momentum, PositiveFloat, SSLMethod, mlp_head, predictor_dims, projector_dims,
+    EncoderParams, MomentumParams, MomentumTargets, PositiveFloat, PredictorParams, ProjectorParams, TwoViewMethod,
+    mlp_head, predictor_dims, projector_dims,
 )
 from scssl.methods.losses import negative_cosine
 from scssl.methods.mechanics import momentum_copy
@@ -13,17 +14,15 @@ from scssl.settings import settings
 
 
 @settings
-class BYOLParams(EncoderParams):
+class BYOLParams(MomentumParams, PredictorParams, ProjectorParams, EncoderParams):
     """Projector and predictor Lin-BN-ReLU-Lin, h -> 4h -> h (lightly ``BYOLProjectionHead(64, 256, 64)``,
     ``BYOLPredictionHead(64, 256, 64)``); EMA target, cosine schedule 0.996 -> 1 over the run."""
 
     projector_hidden_mult: PositiveFloat = 4.0
     predictor_hidden_mult: PositiveFloat = 4.0
-    momentum_start: Momentum = 0.996
-    momentum_end: Momentum = 1.0
 
 
-class BYOL(SSLMethod):
+class BYOL(MomentumTargets, TwoViewMethod):
     """-cos(predictor(online z1), target z2), symmetrised; the target is an EMA of the online network."""
 
     name = "byol"

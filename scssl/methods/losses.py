@@ -66,3 +66,14 @@ def barlow_twins(z1: torch.Tensor, z2: torch.Tensor, lambda_offdiag: float) -> t
     on_diagonal = (1 - torch.diagonal(c)).pow(2).sum()
     off_diagonal = (c - torch.diag(torch.diagonal(c))).pow(2).sum()
     return on_diagonal + lambda_offdiag * off_diagonal
+
+
+def masked_mse(reconstruction: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor,
+               average: str = "masked") -> torch.Tensor:
+    """Squared error on the entries of ``loss_mask`` only: averaged over those entries (``masked``, the
+    paper's definition), or over all entries (``all_entries``, Richter et al.'s code, whose weight on the
+    masked entries so grows with the mask rate)."""
+    squared = (reconstruction - target).pow(2) * loss_mask
+    if average == "all_entries":
+        return squared.mean()
+    return squared.sum() / loss_mask.sum().clamp(min=1)

@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-from scssl.methods.base import EncoderParams, Momentum, Positive, PositiveFloat, SSLMethod, mlp_head, projector_dims
+from scssl.methods.base import (
+    EncoderParams, MomentumParams, MomentumTargets, PositiveFloat, ProjectorParams, QueueParams, TwoViewMethod,
+    mlp_head, projector_dims,
+)
 from scssl.methods.losses import nt_xent_with_queue
 from scssl.methods.mechanics import MemoryQueue, momentum_copy
 from scssl.settings import settings
 
 
 @settings
-class MoCoParams(EncoderParams):
+class MoCoParams(MomentumParams, QueueParams, ProjectorParams, EncoderParams):
     """Projector Lin-ReLU-Lin without BatchNorm, h -> h -> h (lightly ``MoCoProjectionHead(64, 64, 64)``).
 
-    The key network's momentum follows a cosine schedule from ``momentum_start`` to ``momentum_end``
-    over the run's own number of steps (the study's code always assumed 200 epochs).
+    The key network's momentum follows its schedule over the run's own number of steps (the study's code
+    always assumed 200 epochs).
     """
 
     temperature: PositiveFloat = 0.5
-    memory_size: Positive = 2048
-    momentum_start: Momentum = 0.996
-    momentum_end: Momentum = 1.0
 
 
-class MoCo(SSLMethod):
+class MoCo(MomentumTargets, TwoViewMethod):
     """Contrastive against a queue: view 1's query must pick view 2's momentum key among queued keys."""
 
     name = "moco"

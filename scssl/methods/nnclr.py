@@ -4,7 +4,8 @@ other view's prediction."""
 from __future__ import annotations
 
 from scssl.methods.base import (
-    EncoderParams, Positive, PositiveFloat, SSLMethod, mlp_head, predictor_dims, projector_dims,
+    EncoderParams, Positive, PositiveFloat, PredictorParams, ProjectorParams, QueueParams, TwoViewMethod, mlp_head,
+    predictor_dims, projector_dims,
 )
 from scssl.methods.losses import nt_xent
 from scssl.methods.mechanics import MemoryQueue, nearest_neighbour
@@ -12,17 +13,15 @@ from scssl.settings import settings
 
 
 @settings
-class NNCLRParams(EncoderParams):
+class NNCLRParams(QueueParams, PredictorParams, ProjectorParams, EncoderParams):
     """Projector of 3 layers with BN throughout, h -> h -> h -> h; predictor h -> h -> h (lightly
     ``NNCLRProjectionHead(64, 64, 64)``, ``NNCLRPredictionHead(64, 64, 64)``); support set of 2048."""
 
     projector_layers: Positive = 3
-    predictor_hidden_mult: PositiveFloat = 1.0
     temperature: PositiveFloat = 0.5
-    memory_size: Positive = 2048
 
 
-class NNCLR(SSLMethod):
+class NNCLR(TwoViewMethod):
     """0.5 [NT-Xent(NN(z1), p2) + NT-Xent(NN(z2), p1)]; only view 2's projections enter the support set."""
 
     name = "nnclr"

@@ -8,6 +8,7 @@ import numpy as np
 from pydantic import Field
 from typing_extensions import Annotated
 
+from scssl.methods.base import Reconstruction
 from scssl.settings import settings
 
 if TYPE_CHECKING:
@@ -21,11 +22,14 @@ class PCAParams:
 
 
 class PCABaseline:
-    """Fits PCA on the training cells and projects any cells onto it; nothing to tune."""
+    """Fits PCA on the training cells and projects any cells onto it (or back: its reconstruction)."""
 
     name: ClassVar[str] = "pca"
     Params: ClassVar[type] = PCAParams
     trainable: ClassVar[bool] = False
+    sections: ClassVar[frozenset[str]] = frozenset()
+    reconstructs: ClassVar[bool] = True
+    fine_tunable: ClassVar[bool] = False
 
     def __init__(self, params: PCAParams, seed: int = 0):
         self.params = params
@@ -41,3 +45,8 @@ class PCABaseline:
 
     def embed(self, X: np.ndarray | sp.spmatrix) -> np.ndarray:
         return self._pca.transform(X).astype(np.float32)
+
+    def reconstruct(self, X: np.ndarray | sp.spmatrix, seed: int = 0) -> Reconstruction:
+        """The projection of ``X`` onto the components, mapped back to genes (every entry seen)."""
+        x_hat = self._pca.inverse_transform(self._pca.transform(X)).astype(np.float32)
+        return Reconstruction(np.asarray(X.todense() if hasattr(X, "todense") else X, dtype=np.float32), x_hat)

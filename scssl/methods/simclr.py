@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from scssl.methods.base import EncoderParams, PositiveFloat, SSLMethod, mlp_head, projector_dims
+from scssl.methods.base import EncoderParams, PositiveFloat, ProjectorParams, TwoViewMethod, mlp_head, projector_dims
 from scssl.methods.losses import nt_xent
 from scssl.settings import settings
 
 
 @settings
-class SimCLRParams(EncoderParams):
+class SimCLRParams(ProjectorParams, EncoderParams):
     """Projector Lin-BN-ReLU-Lin-BN, h -> h -> h (lightly ``SimCLRProjectionHead(64, 64, 64)``)."""
 
     temperature: PositiveFloat = 0.5
 
 
-class SimCLR(SSLMethod):
+class SimCLR(TwoViewMethod):
     """Contrastive: each view must pick its partner among the other 2N - 2 views (NT-Xent, temperature)."""
 
     name = "simclr"

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from scssl.methods.base import (
-    EncoderParams, Positive, PositiveFloat, SSLMethod, mlp_head, predictor_dims, projector_dims,
+    EncoderParams, Positive, PositiveFloat, PredictorParams, ProjectorParams, TwoViewMethod, mlp_head, predictor_dims,
+    projector_dims,
 )
 from scssl.methods.losses import negative_cosine
 from scssl.settings import settings
 
 
 @settings
-class SimSiamParams(EncoderParams):
+class SimSiamParams(PredictorParams, ProjectorParams, EncoderParams):
     """Projector of 3 layers, BN throughout and an affine-free BN last, h -> h -> h -> h/2; predictor
     h/2 -> h/4 -> h/2 (lightly ``SimSiamProjectionHead(64, 64, 32)``, ``SimSiamPredictionHead(32, 16, 32)``)."""
 
@@ -19,7 +20,7 @@ class SimSiamParams(EncoderParams):
     predictor_hidden_mult: PositiveFloat = 0.25
 
 
-class SimSiam(SSLMethod):
+class SimSiam(TwoViewMethod):
     """-cos(predictor(z1), stopgrad(z2)), symmetrised."""
 
     name = "simsiam"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from typing_extensions import Annotated
 
-from scssl.methods.base import EncoderParams, PositiveFloat, SSLMethod, mlp_head, projector_dims
+from scssl.methods.base import EncoderParams, PositiveFloat, ProjectorParams, TwoViewMethod, mlp_head, projector_dims
 from scssl.methods.losses import vicreg
 from scssl.settings import settings
 
@@ -13,7 +13,7 @@ Weight = Annotated[float, Field(ge=0.0)]
 
 
 @settings
-class VICRegParams(EncoderParams):
+class VICRegParams(ProjectorParams, EncoderParams):
     """Projector Lin-BN-ReLU-Lin, h -> h -> 4h (lightly ``VICRegProjectionHead(64, 64, 256)``).
 
     The study's code forced var_weight = sim_weight and cov_weight = 1; here all three are settable.
@@ -25,7 +25,7 @@ class VICRegParams(EncoderParams):
     cov_weight: Weight = 1.0
 
 
-class VICReg(SSLMethod):
+class VICReg(TwoViewMethod):
     """Non-contrastive: invariance between views plus variance and covariance regularisers."""
 
     name = "vicreg"

@@ -10,16 +10,14 @@ from pathlib import Path
 import pandas as pd
 
 from scssl.evaluate import AGGREGATES, BATCH_METRICS, BIO_METRICS, aggregate
+from scssl.evaluate.tasks import TASKS
 from scssl.report.formats import cell, latex, markdown
 from scssl.tune.tracking import DATASET, METHOD, SEED, SUPERSEDED, TASK, VARIANT, Tracker
 
 ROW = ["dataset", "method", "variant"]
 LONG = ROW + ["task", "seed", "metric", "value"]
 STATS = ("mean", "std", "count")
-TASK_METRICS = {
-    "batch_correction": AGGREGATES + BIO_METRICS + BATCH_METRICS,
-    "cell_typing": ["macro_f1", "accuracy", "macro_f1_all", "accuracy_all"],
-}
+TASK_METRICS = {task: spec.metrics for task, spec in TASKS.items()}
 HEADERS = {
     "bio_conservation": "Bio", "batch_correction": "Batch", "total": "Total",
     "isolated_labels": "Isolated labels", "leiden_nmi": "Leiden NMI", "leiden_ari": "Leiden ARI",
@@ -27,6 +25,14 @@ HEADERS = {
     "ilisi": "iLISI", "kbet": "kBET", "graph_connectivity": "Graph connectivity", "pcr_comparison": "PCR comparison",
     "macro_f1": "Query macro-F1", "accuracy": "Query accuracy",
     "macro_f1_all": "Query macro-F1 (all types)", "accuracy_all": "Query accuracy (all types)",
+    "scratch_macro_f1": "From scratch: macro-F1", "scratch_accuracy": "From scratch: accuracy",
+    "scratch_macro_f1_all": "From scratch: macro-F1 (all types)",
+    "scratch_accuracy_all": "From scratch: accuracy (all types)",
+    "masked_mse": "MSE (masked)", "masked_explained_variance": "EV (masked)",
+    "masked_explained_variance_weighted": "EV weighted (masked)", "mse": "MSE (all)",
+    "explained_variance": "EV (all)", "explained_variance_weighted": "EV weighted (all)",
+    "mean_floor_masked_mse": "Mean floor: MSE (masked)", "mean_floor_mse": "Mean floor: MSE (all)",
+    "pca_floor_masked_mse": "PCA floor: MSE (masked)", "pca_floor_mse": "PCA floor: MSE (all)",
 }
 # The summary's columns: (table, prefix of its columns in the summary, metric or rank, header).
 HEADLINE = [("batch_correction", "", m, HEADERS[m]) for m in AGGREGATES]
@@ -34,7 +40,29 @@ HEADLINE += [("batch_correction_relative", "relative_", m, f"{HEADERS[m]} rel.")
 HEADLINE += [("batch_correction_relative", "relative_", "rank", "Rank (Total rel.)"),
              ("cell_typing", "query_", "macro_f1", "Query macro-F1"),
              ("cell_typing", "query_", "accuracy", "Query accuracy"),
-             ("cell_typing", "query_", "rank", "Rank (macro-F1)")]
+             ("cell_typing", "query_", "rank", "Rank (macro-F1)"),
+             ("fine_tuned_cell_typing", "fine_tuned_", "macro_f1", "Fine-tuned macro-F1"),
+             ("fine_tuned_cell_typing", "fine_tuned_", "scratch_macro_f1", "From scratch macro-F1"),
+             ("reconstruction", "reconstruction_", "masked_mse", "Reconstruction MSE (masked)"),
+             ("reconstruction", "reconstruction_", "mse", "Reconstruction MSE (all)")]
+# The tables of the tasks scored on query cells: (task, title, note, metric ranked by).
+QUERY_TABLES = [
+    ("cell_typing", "Cell typing, query to reference",
+     "Mean ± std over seeds. kNN (k = 11) fitted on the reference embedding predicts the query cells; "
+     "macro-F1 and accuracy count query cells of types seen in the reference, the 'all types' columns "
+     "every query cell. Rank: by query macro-F1 (1 = best; tied rows share the better rank).", "macro_f1"),
+    ("fine_tuned_cell_typing", "Cell typing by a fine-tuned classifier, query to reference",
+     "Mean ± std over seeds. A linear head on the pretrained encoder, encoder and head fine-tuned on the "
+     "reference labels (Richter et al.'s cell-type prediction); 'From scratch': the same network from the "
+     "same initial weights, trained on the labels alone (the supervised baseline). Metrics as in kNN cell "
+     "typing. Rank: by fine-tuned query macro-F1.", "macro_f1"),
+    ("reconstruction", "Gene-expression reconstruction of the query cells",
+     "Mean ± std over seeds, on the log-normalised expression of the query cells. 'masked': the entries the "
+     "method reconstructs without seeing them (its training-time masking, or an isolated strategy's target), "
+     "per gene over its masked cells; 'all': every entry. EV: explained variance, uniform over genes or "
+     "weighted by their variance. Floors from the same inputs: the reference's per-gene mean, and a PCA of "
+     "the reference with as many components as the embedding. Rank: by EV (all).", "explained_variance"),
+]
 RELATIVE_NOTE = (
     "Relative to the cohort: per data set and seed, each scIB metric is min-max scaled across the rows of this "
     "table (a metric equal in every row scales to 0), then Bio and Batch are the means of the scaled bio and "
@@ -151,15 +179,11 @@ def benchmark_tables(long: pd.DataFrame, methods: list[str]) -> list[Table]:
             Table("batch_correction_relative", "Batch correction, relative to the cohort", RELATIVE_NOTE,
                   relative, [("rank", "Rank")] + _headers(relative)),
         ]
-    if "cell_typing" in tasks:
-        typing = summarize(long, "cell_typing", methods)
-        typing.insert(0, "rank", ranks(typing, "macro_f1"))
-        tables.append(Table(
-            "cell_typing", "Cell typing, query to reference",
-            "Mean ± std over seeds. kNN (k = 11) fitted on the reference embedding predicts the query cells; "
-            "macro-F1 and accuracy count query cells of types seen in the reference, the 'all types' columns "
-            "every query cell. Rank: by query macro-F1 (1 = best; tied rows share the better rank).",
-            typing, [("rank", "Rank")] + _headers(typing)))
+    for task, title, note, rank_by in QUERY_TABLES:
+        if task in tasks:
+            numbers = summarize(long, task, methods)
+            numbers.insert(0, "rank", ranks(numbers, rank_by))
+            tables.append(Table(task, title, note, numbers, [("rank", "Rank")] + _headers(numbers)))
     if tables:
         tables.append(_summary(tables, methods, long["seed"].nunique()))
     return tables
@@ -191,7 +215,9 @@ def _summary(tables: list[Table], methods: list[str], seeds: int) -> Table:
     note = (f"Mean ± std over {seeds} seed(s). Bio, Batch, Total: unscaled scIB aggregates "
             "(Total = 0.6 Bio + 0.4 Batch). rel.: relative to the cohort, each metric min-max scaled across the "
             "rows of this table per data set and seed (see the table relative to the cohort). Query metrics: kNN "
-            "(k = 11) on query cells of types seen in the reference.")
+            "(k = 11) on query cells of types seen in the reference. Fine-tuned: a classifier head on the pretrained "
+            "encoder, fine-tuned; from scratch: the same network trained on the labels alone. Reconstruction: MSE "
+            "on the query cells (masked: the entries hidden from the method).")
     return Table("summary", "Summary", note, _ordered(pd.concat(parts, axis=1), methods), columns)
 
 

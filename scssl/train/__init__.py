@@ -1,4 +1,4 @@
-"""Train layer: one loop for all SSL methods, and ``fit_embedding`` for any registered method.
+"""Train layer: one loop for every network method, and ``fit`` for any registered method.
 
 ``TrainSettings`` loads at once; the loop (torch) on first use.
 """
@@ -7,9 +7,11 @@ from scssl import lazy_exports
 from scssl.train.settings import TrainSettings
 
 __getattr__ = lazy_exports(__name__, {
-    "loop": ["EpochReport", "NonFiniteLossError", "embed", "fit_embedding", "resolve_device", "train"],
+    "loop": ["EpochReport", "NonFiniteLossError", "TrainedNetwork", "TrainingData", "embed", "fit", "fit_embedding",
+             "resolve_device", "train"],
 })
 
 __all__ = [
-    "EpochReport", "NonFiniteLossError", "TrainSettings", "embed", "fit_embedding", "resolve_device", "train",
+    "EpochReport", "NonFiniteLossError", "TrainSettings", "TrainedNetwork", "TrainingData", "embed", "fit",
+    "fit_embedding", "resolve_device", "train",
 ]

@@ -15,7 +15,8 @@ class TrainSettings:
     """Optimiser and schedule (scSSL-Bench: Adam 1e-4, weight decay 1e-6, batch 256).
 
     ``schedule: step`` reproduces the study's StepLR(10, 0.1) per epoch; ``constant`` keeps the
-    learning rate. ``device: auto`` takes a GPU when there is one.
+    learning rate. ``optimizer: adamw`` and ``grad_clip`` (gradient norm) are Richter et al.'s MAE settings
+    (AdamW, clip 1.0). ``device: auto`` takes a GPU when there is one.
     """
 
     epochs: Annotated[int, Field(ge=1)] = 50
@@ -23,4 +24,6 @@ class TrainSettings:
     lr: Annotated[float, Field(gt=0.0)] = 1e-4
     weight_decay: Annotated[float, Field(ge=0.0)] = 1e-6
     schedule: Literal["constant", "step"] = "constant"
+    optimizer: Literal["adam", "adamw"] = "adam"
+    grad_clip: Annotated[float, Field(gt=0.0)] | None = None
     device: str = "auto"

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from scssl.tune.search_space import trial_settings, unwrap
+from scssl.search_space import trial_settings
+from scssl.tune.domains import unwrap
 from scssl.tune.tracking import CONFIG, DATASET, ERROR, METHOD, NODE, RETRIED, STAGE, TRIAL_ID, TUNE_KEY, Tracker
 from scssl.tune.trainable import BATCH_METRIC, METRIC, NONFINITE, SCORE, TRIAL_ERROR
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from scssl.evaluate.tasks import TASKS
 from scssl.experiment import Experiment
 from scssl.methods import get_method
 
@@ -9,10 +10,10 @@ from scssl.methods import get_method
 def study_plan(experiment: Experiment) -> list[str]:
     """One line per method (trials, configurations retrained, jobs) and a line of totals."""
     cfg = experiment.config
-    seeds = sum(len(cfg.final.seeds_for(task)) for task in cfg.tasks)
     n_datasets = len(experiment.datasets)
     lines, trials, jobs = [], 0, 0
     for method in cfg.methods:
+        seeds = sum(len(cfg.final.seeds_for(task)) for task in cfg.tasks if TASKS[task].serves(method))
         if not get_method(method).trainable:
             tuned, configs = "no tuning (a baseline)", 1
         elif cfg.final.retrain == "defaults":
@@ -27,8 +28,10 @@ def study_plan(experiment: Experiment) -> list[str]:
             tuned = f"{n} trials ({cfg.tune.search} + ASHA, up to {cfg.train.epochs} epochs each)"
             configs = 2 if cfg.tune.multi_objective else 1  # the best of each objective; 1 when one trial is both
         jobs += configs * seeds * n_datasets
+        unserved = [task for task in cfg.tasks if not TASKS[task].serves(method)]
         lines.append(f"{method}: {tuned}; retrain {configs} configuration(s) x {seeds} task-seed(s) "
-                     f"= {configs * seeds} job(s) per data set")
+                     f"= {configs * seeds} job(s) per data set"
+                     + (f" (it cannot serve {', '.join(unserved)})" if unserved else ""))
     data = ", ".join(spec.label for spec in experiment.datasets)
     seed_text = "; ".join(f"{task} seeds {cfg.final.seeds_for(task)}" for task in cfg.tasks)
     lines.append(f"total on {n_datasets} data set(s) ({data}): {trials} tuning trial(s), "

@@ -23,20 +23,17 @@ import numpy as np
 import ray
 import torch
 
-from scssl.evaluate import BATCH_METRICS, BIO_METRICS, K_NEIGHBORS, knn_cell_typing, scib_scores
+from scssl.evaluate.settings import FineTuneSettings
+from scssl.evaluate.tasks import EVALUATION, TASKS, SharedData, TaskInputs
 from scssl.experiment import Experiment
 from scssl.interrupt import stop_reason
 from scssl.methods import get_method
-from scssl.train import fit_embedding
+from scssl.search_space import TrialSettings, trial_settings
+from scssl.settings import as_dict
 from scssl.tune.search import best_trials, tune_key
-from scssl.tune.search_space import TrialSettings, trial_settings
 from scssl.tune.tracking import (
     CONFIG, DATASET, ERROR, JOB_KEY, METHOD, SEED, STAGE, SUPERSEDED, TASK, VARIANT, Tracker, digest,
 )
-from scssl.tune.trainable import SharedData
-
-# what scoring a task depends on besides the embedding, so that changing it reruns the task's jobs
-EVALUATION = {"cell_typing": {"knn_k": K_NEIGHBORS}, "batch_correction": {"scib": BIO_METRICS + BATCH_METRICS}}
 
 
 @dataclass(frozen=True)
@@ -52,16 +49,17 @@ class RetrainJob:
     config: dict
     trial: TrialSettings
     variant: str = ""
+    fine_tuning: FineTuneSettings = FineTuneSettings()
 
     @cached_property
     def key(self) -> str:
         """Digest of everything that changes the result: data, method, task, seed, variant, every resolved
-        setting (``train.device`` included) and the evaluation. A baseline ignores ``train`` and ``augment``."""
-        resolved = self.trial.as_dict()
-        if not get_method(self.method).trainable:
-            resolved = {"method": resolved["method"]}
+        setting of the sections the method reads (``train.device`` included) and the evaluation."""
+        evaluation = EVALUATION[self.task]
+        if self.task == "fine_tuned_cell_typing":
+            evaluation = {**evaluation, "fine_tuning": as_dict(self.fine_tuning)}
         return digest({"data": self.fingerprint, "method": self.method, "task": self.task, "seed": self.seed,
-                       "variant": self.variant, "settings": resolved, "evaluation": EVALUATION[self.task]})
+                       "variant": self.variant, "settings": self.trial.as_dict(), "evaluation": evaluation})
 
     @property
     def tags(self) -> dict[str, str]:
@@ -86,23 +84,11 @@ def run_job(data, job: RetrainJob, threads: int):
     of every cell)."""
     shared: SharedData = ray.get(data) if isinstance(data, ray.ObjectRef) else data
     torch.set_num_threads(threads)
-    ds, trial = shared.dataset, job.trial
-    labels = ds.obs["label"].to_numpy().astype(str)
     started = time.perf_counter()
-    if job.task == "cell_typing":
-        ref, query = ds.reference_index, ds.query_index
-        emb = fit_embedding(job.method, trial.params, ds.X[ref], {"ref": ds.X[ref], "query": ds.X[query]},
-                            trial.train, trial.augment, job.seed, graph=shared.reference_graph)
-        trained = time.perf_counter()
-        metrics = knn_cell_typing(emb["ref"], labels[ref], emb["query"], labels[query])
-        embedding = np.empty((ds.n_cells, emb["ref"].shape[1]), dtype=np.float32)
-        embedding[ref], embedding[query] = emb["ref"], emb["query"]
-    else:
-        embedding = fit_embedding(job.method, trial.params, ds.X, {"all": ds.X}, trial.train, trial.augment,
-                                  job.seed, graph=shared.all_graph)["all"]
-        trained = time.perf_counter()
-        metrics = scib_scores(embedding, ds.obs["batch"].to_numpy(), labels, shared.pre_integration, n_jobs=threads)
-    timings = {"train_seconds": trained - started, "eval_seconds": time.perf_counter() - trained}
+    inputs = TaskInputs(job.method, job.trial, job.seed, threads, job.fine_tuning)
+    metrics, embedding = TASKS[job.task].run(shared, inputs)
+    seconds = time.perf_counter() - started
+    timings = {**inputs.timings, "eval_seconds": seconds - inputs.timings["train_seconds"]}
     return {**metrics, **timings}, embedding
 
 
@@ -143,10 +129,10 @@ def plan_jobs(experiment: Experiment, tracker: Tracker, fingerprints: dict[str, 
                                "so nothing to retrain; run `scssl tune` (or `scssl run`)")
             for variant, config in configs:
                 trial = trial_settings(get_method(method), cfg.train, cfg.augment, config)
-                for task in cfg.tasks:
+                for task in [t for t in cfg.tasks if TASKS[t].serves(method)]:
                     for seed in cfg.final.seeds_for(task):
                         jobs.append(RetrainJob(spec.label, fingerprints[spec.label], method, task, seed, config,
-                                               trial, variant))
+                                               trial, variant, cfg.fine_tuning))
     return list({job.key: job for job in jobs}.values()), untuned  # a grid may repeat a point
 
 
@@ -183,6 +169,11 @@ def retrain_stage(experiment: Experiment, data_refs: dict, tracker: Tracker, fin
     jobs, failures = plan_jobs(experiment, tracker, fingerprints)
     for line in failures:
         print(f"[retrain] {line}", flush=True)
+    for method in cfg.methods:
+        unserved = [task for task in cfg.tasks if not TASKS[task].serves(method)]
+        if unserved:
+            print(f"[retrain] {method} has no row in {', '.join(unserved)}: it cannot serve "
+                  f"{'that task' if len(unserved) == 1 else 'those tasks'} (no decoder, or no network)", flush=True)
     finished = [r for r in tracker.runs(stage="retrain") if Tracker.finished(r)]
     _mark_superseded(tracker, jobs, finished)
     done = {r.data.tags.get(JOB_KEY) for r in finished}
@@ -232,7 +223,7 @@ def _record(experiment: Experiment, tracker: Tracker, job: RetrainJob, run_id: s
     tracker.log_artifact(run_id, folder / job.embedding_file)  # the report needs nothing but MLflow
     tracker.log_metrics(run_id, metrics)
     tracker.end_run(run_id, "FINISHED")
-    name = "total" if "total" in metrics else "macro_f1"
+    name = TASKS[job.task].headline
     print(f"[retrain] {progress} {where}: {name} {metrics[name]:.3f} (train {metrics['train_seconds']:.1f} s, "
           f"evaluation {metrics['eval_seconds']:.1f} s)", flush=True)
     return None

@@ -23,9 +23,9 @@ from scssl.experiment import Experiment
 from scssl.interrupt import stop_reason
 from scssl.methods import get_method
 from scssl.tune.callback import MLflowTrialCallback
-from scssl.tune.search_space import SearchSpace, config_key, grid_param_space
-from scssl.tune.settings import TuneSettings
-from scssl.settings import as_dict
+from scssl.search_space import SearchSpace, config_key, trial_settings
+from scssl.tune.domains import grid_param_space, param_space
+from scssl.stages import TuneSettings
 from scssl.tune.tracking import CONFIG, TUNE_KEY, Tracker, digest
 from scssl.tune.trainable import BATCH_METRIC, METRIC, MODE, NONFINITE, SCORE, TRIAL_ERROR, run_trial
 
@@ -41,8 +41,9 @@ def tune_key(experiment: Experiment, fingerprint: str, method: str) -> str:
     neither resumed nor retrained; the budget (``num_samples``, the searcher, ASHA) is not part of it."""
     cfg = experiment.config
     space = experiment.search_spaces[method]
+    defaults = trial_settings(get_method(method), cfg.train, cfg.augment, {}).as_dict()  # the sections it reads
     return digest({
-        "data": fingerprint, "method": method, "train": as_dict(cfg.train), "augment": as_dict(cfg.augment),
+        "data": fingerprint, "method": method, "defaults": defaults,
         "space": {".".join(path): repr(value) for path, value in space.entries.items()},
         "objective": [cfg.tune.seed, cfg.tune.validation_fraction, cfg.tune.validation_max_cells,
                       cfg.tune.multi_objective],
@@ -214,7 +215,7 @@ def _plan(settings: TuneSettings, space: SearchSpace, done: list) -> tuple[objec
         points_to_evaluate=points or None, evaluated_rewards=rewards or None,
     )
     n_todo = max(0, settings.num_samples - len(done))
-    return searcher, space.param_space(), n_todo, n_todo
+    return searcher, param_space(space), n_todo, n_todo
 
 
 def _fresh_name(experiment: Experiment, base: str) -> str:

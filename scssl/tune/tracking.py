@@ -15,7 +15,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-from scssl.settings import ConfigError
+from scssl.settings import ConfigError, flatten
 
 STAGE, DATASET, METHOD, TASK, SEED, TRIAL_ID, CONFIG = (
     "scssl.stage", "scssl.dataset", "scssl.method", "scssl.task", "scssl.seed", "scssl.trial_id", "scssl.config",
@@ -27,18 +27,6 @@ VARIANT = "scssl.variant"  # a retrain run's label within a sweep, e.g. "tempera
 JOB_KEY = "scssl.job_key"  # a retrain run's identity: a digest of everything that changes its result
 SUPERSEDED = "scssl.superseded"  # "true" on a finished retrain run whose job the experiment no longer has
 TUNE_KEY = "scssl.tune_key"  # a tuning run's: a digest of what changes a trial's result besides its sampled values
-
-
-def flatten(nested: dict, prefix: str = "") -> dict[str, Any]:
-    """{"augment": {"masking": {"rate": 0.2}}} -> {"augment.masking.rate": 0.2}"""
-    out: dict[str, Any] = {}
-    for key, value in nested.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
 
 
 def digest(obj: Any) -> str:

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import ray
 import torch
 from ray import tune
 
-from scssl.augment import AugmentationConfig, NeighbourGraph, build_neighbour_graph
-from scssl.data import PreparedDataset
-from scssl.evaluate import knn_accuracy, validation_split
-from scssl.methods import PCABaseline, get_method
+from scssl.augment import AugmentationConfig
+from scssl.evaluate import knn_accuracy
+from scssl.evaluate.tasks import SharedData
+from scssl.methods import get_method
+from scssl.search_space import trial_settings
 from scssl.train import EpochReport, NonFiniteLossError, TrainSettings, embed, train
-from scssl.tune.search_space import trial_settings, unwrap
-from scssl.tune.settings import TuneSettings
+from scssl.tune.domains import unwrap
 
 METRIC, MODE = "val_knn_accuracy", "max"
 BATCH_METRIC = "val_batch_mixing"  # the second objective of a multi-objective search
@@ -25,38 +23,6 @@ TRIAL_ERROR = "trial_error"  # likewise for an error that a retry would only rep
 # Errors that another attempt may not meet: memory taken by another trial on a shared GPU. A lost worker
 # or node never reaches the trial's code; Tune retries those by itself.
 RETRIABLE = (torch.cuda.OutOfMemoryError, MemoryError)
-
-
-@dataclass
-class SharedData:
-    """What every trial and retrain of one data set needs, put in Ray's object store once per study.
-
-    ``is_validation`` marks the fixed validation cells among the *reference* cells; ``pre_integration``
-    is the PCA (50 components) of the preprocessed expression of all cells, for PCR comparison.
-    ``reference_graph`` and ``all_graph`` are the neighbour graphs of the reference cells and of all
-    cells, built only when a BBKNN or MNN augmentation may be used.
-    """
-
-    dataset: PreparedDataset
-    is_validation: np.ndarray
-    pre_integration: np.ndarray
-    reference_graph: NeighbourGraph | None = None
-    all_graph: NeighbourGraph | None = None
-
-    @classmethod
-    def build(cls, dataset: PreparedDataset, tune_settings: TuneSettings, with_graphs: bool) -> "SharedData":
-        reference = dataset.reference_index
-        is_validation = validation_split(
-            dataset.label_codes[reference], tune_settings.validation_fraction,
-            tune_settings.validation_max_cells, tune_settings.seed,
-        )
-        pre = PCABaseline(PCABaseline.Params(n_components=50)).fit(dataset.X).embed(dataset.X)
-        if not with_graphs:
-            return cls(dataset, is_validation, pre)
-        batches = dataset.obs["batch"].to_numpy()
-        return cls(dataset, is_validation, pre,
-                   build_neighbour_graph(dataset.X[reference], batches[reference]),
-                   build_neighbour_graph(dataset.X, batches))
 
 
 def run_trial(
@@ -79,7 +45,8 @@ def run_trial(
     method_cls = get_method(method)
     trial = trial_settings(method_cls, train_settings, augment, unwrap(config))
     reference = shared.dataset.reference_index
-    X = shared.dataset.X[reference]
+    data = shared.training_data("reference")
+    X = data.X
     labels = shared.dataset.label_codes[reference]
     batches = shared.dataset.obs["batch"].to_numpy()[reference]
     epochs_done = 0
@@ -96,8 +63,8 @@ def run_trial(
         tune.report(metrics)
 
     try:
-        train(method_cls, trial.params, X, trial.train, trial.augment, seed=seed, on_epoch=report,
-              graph=shared.reference_graph)
+        train(method_cls, trial.params, X, trial.train, trial.augment, seed, report, data.graph, data.genes,
+              data.batch_codes)
     except RETRIABLE:
         raise
     except Exception as err:

@@ -1,5 +1,5 @@
-"""Search spaces: ``search_spaces/<method>.yaml`` read into Ray Tune domains, checked against the
-settings classes they tune.
+"""Search spaces: ``search_spaces/<method>.yaml`` read into typed domains, checked against the settings
+classes they tune (``scssl.tune.domains`` turns them into Ray Tune's).
 
 A file has up to three sections, each mapping a settings key to a domain or a fixed value::
 
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from scssl.augment import AugmentationConfig
-from scssl.settings import ConfigError, as_dict, parse, read_yaml
+from scssl.settings import ConfigError, as_dict, flatten, parse, read_yaml
 from scssl.train import TrainSettings
 
 DOMAINS = ("uniform", "loguniform", "int", "choice")
@@ -36,17 +36,6 @@ DOMAINS = ("uniform", "loguniform", "int", "choice")
 class Domain:
     kind: str
     args: tuple
-
-    def to_tune(self):
-        from ray import tune  # here: checking an experiment file needs no Ray
-
-        if self.kind == "uniform":
-            return tune.uniform(*self.args)
-        if self.kind == "loguniform":
-            return tune.loguniform(*self.args)
-        if self.kind == "int":
-            return tune.randint(self.args[0], self.args[1] + 1)  # randint's upper bound is exclusive
-        return tune.choice(list(self.args))
 
     def extremes(self) -> list:
         """The values a trial can reach at the edges, to check them against the settings class."""
@@ -78,10 +67,6 @@ class SearchSpace:
                     candidates.append(node)
         return max(candidates, default=0) > 0
 
-    def param_space(self) -> dict:
-        """Nested dict of Ray Tune domains and fixed values, the ``param_space`` of a Tuner."""
-        return _nested({path: v.to_tune() if isinstance(v, Domain) else v for path, v in self.entries.items()})
-
     def check_grid(self) -> None:
         for path, value in self.domains.items():
             if value.kind != "choice":
@@ -94,7 +79,7 @@ class SearchSpace:
         domains = self.domains
         points = []
         for values in itertools.product(*(d.args for d in domains.values())):
-            points.append(_nested({**self.entries, **dict(zip(domains, values))}))
+            points.append(nested({**self.entries, **dict(zip(domains, values))}))
         return points
 
     def optuna_point(self, config: dict) -> dict:
@@ -103,8 +88,6 @@ class SearchSpace:
 
     def label(self, config: dict) -> str:
         """A short name of a config's sampled values, e.g. "temperature=0.5" or "masking.prob=0.5"."""
-        from scssl.tune.tracking import flatten  # here: tracking loads MLflow
-
         parts = []
         for path in self.domains:
             value = _get(config, path)
@@ -115,27 +98,12 @@ class SearchSpace:
         return ", ".join(parts)
 
 
-GRID_POINT = "grid_point"
-
-
-def grid_param_space(points: list[dict]) -> dict:
-    """A Tuner ``param_space`` with one trial per point: Tune's grid over whole configs (which lets a
-    resumed grid leave out its finished points); ``unwrap`` gives a trial its config back."""
-    from ray import tune
-
-    return {GRID_POINT: tune.grid_search(points)}
-
-
-def unwrap(config: dict) -> dict:
-    return config.get(GRID_POINT, config)
-
-
 def config_key(config: dict) -> str:
     """The canonical text of a trial config, to recognise the same config in MLflow tags."""
     return json.dumps(_plain(config), sort_keys=True, default=float)
 
 
-def _nested(entries: dict[tuple[str, ...], Any]) -> dict:
+def nested(entries: dict[tuple[str, ...], Any]) -> dict:
     space: dict = {}
     for path, value in entries.items():
         node = space
@@ -151,37 +119,49 @@ def _get(config: dict, path: tuple[str, ...]) -> Any:
     return config
 
 
+SECTIONS = {"train": TrainSettings, "augment": AugmentationConfig}  # besides ``method``; a method reads its own
+
+
 def section_classes(method_cls: type) -> dict[str, type]:
-    return {"method": method_cls.Params, "train": TrainSettings, "augment": AugmentationConfig}
+    """The sections ``method_cls`` reads: ``method`` and those of its ``sections``."""
+    return {"method": method_cls.Params, **{name: cls for name, cls in SECTIONS.items() if name in method_cls.sections}}
 
 
 def load_search_space(path: Path, method_cls: type) -> SearchSpace:
     """Read and validate ``path``: unknown sections or keys and out-of-range bounds name file and key."""
-    return parse_search_space(read_yaml(path), method_cls, str(path))
+    return parse_search_space(read_yaml(path), method_cls, str(path), Path(path).parent)
 
 
-def parse_search_space(raw: dict, method_cls: type, path: str) -> SearchSpace:
+def parse_search_space(raw: dict, method_cls: type, path: str, base_dir: Path | None = None) -> SearchSpace:
     """Validate a search space given as a dict (a file's content, or an experiment's inline ``search_space``);
-    ``path`` names where it came from in errors."""
+    ``path`` names where it came from in errors. A relative file named by a key in the Params'
+    ``FILE_KEYS`` (a GMT file) is taken from ``base_dir``, the folder of the file that names it."""
     sections = section_classes(method_cls)
     entries: dict[tuple[str, ...], Any] = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with sections {list(sections)}")
     for section, body in raw.items():
+        if section in SECTIONS and section not in sections:
+            raise ConfigError(f"{path}: {section}: method {method_cls.name!r} does not use a {section!r} section "
+                              f"(it reads {list(sections)}); remove it")
         if section not in sections:
             raise ConfigError(f"{path}: unknown section {section!r}; expected one of {list(sections)}")
         if isinstance(body, dict) and list(body) == ["choice"]:  # a choice among whole blocks
             entries[(section,)] = _domain(body, f"{path}: {section}")
         else:
-            _collect(body, (section,), sections[section], path, entries)
+            _collect(body, (section,), sections[section], path, entries, base_dir)
     for key, value in entries.items():
         candidates = value.extremes() if isinstance(value, Domain) else [value]
+        # each value is checked beside the section's fixed values (masking: gene_program needs its gene_programs)
+        fixed = nested({k[1:]: v for k, v in entries.items()
+                        if k[0] == key[0] and len(k) > 1 and k != key and not isinstance(v, Domain)})
         for candidate in candidates:
-            parse(sections[key[0]], _nest(key[1:], candidate), f"{path}: {'.'.join(key)} = {candidate!r}")
+            parse(sections[key[0]], _merge(fixed, _nest(key[1:], candidate)),
+                  f"{path}: {'.'.join(key)} = {candidate!r}")
     return SearchSpace(method_cls.name, path, entries)
 
 
-def _collect(body: Any, prefix: tuple[str, ...], cls: type, path: Path, out: dict) -> None:
+def _collect(body: Any, prefix: tuple[str, ...], cls: type, path: Path, out: dict, base_dir: Path | None) -> None:
     where = ".".join(prefix)
     if not isinstance(body, dict):
         raise ConfigError(f"{path}: {where}: expected a mapping of keys")
@@ -193,9 +173,22 @@ def _collect(body: Any, prefix: tuple[str, ...], cls: type, path: Path, out: dic
                 f"parameters are {sorted(types)}"
             )
         if dataclasses.is_dataclass(types[key]):
-            _collect(value, prefix + (key,), types[key], path, out)
+            _collect(value, prefix + (key,), types[key], path, out, base_dir)
         else:
-            out[prefix + (key,)] = _domain(value, f"{path}: {where}.{key}")
+            domain = _domain(value, f"{path}: {where}.{key}")
+            if key in getattr(cls, "FILE_KEYS", ()) and base_dir is not None:
+                domain = _files_from(domain, base_dir)
+            out[prefix + (key,)] = domain
+
+
+def _files_from(value: Any, base_dir: Path) -> Any:
+    """``value`` (or each value of a choice) with a relative path of an existing file under ``base_dir``
+    made absolute; anything else (a built-in name, a missing file the settings class reports) unchanged."""
+    if isinstance(value, Domain):
+        return Domain(value.kind, tuple(_files_from(v, base_dir) for v in value.args))
+    if isinstance(value, str) and not Path(value).expanduser().is_absolute() and (base_dir / value).is_file():
+        return str((base_dir / value).resolve())
+    return value
 
 
 def _domain(value: Any, where: str) -> Any:
@@ -230,28 +223,32 @@ def _nest(path: tuple[str, ...], value: Any) -> dict:
 @dataclass(frozen=True)
 class TrialSettings:
     """Everything one training run needs besides data and seed: the experiment's defaults with a
-    trial's sampled values laid over them."""
+    trial's sampled values laid over them. A section the method does not read is None."""
 
     params: Any
-    train: TrainSettings
-    augment: AugmentationConfig
+    train: TrainSettings | None
+    augment: AugmentationConfig | None
 
     def as_dict(self) -> dict:
-        """The full resolved configuration, as logged to MLflow (``config.json``)."""
-        return {"method": as_dict(self.params), "train": as_dict(self.train), "augment": as_dict(self.augment)}
+        """The full resolved configuration of the sections the method reads, as logged to MLflow
+        (``config.json``) and digested into a retrain job's identity."""
+        sections = {"method": self.params, "train": self.train, "augment": self.augment}
+        return {name: as_dict(value) for name, value in sections.items() if value is not None}
 
 
 def trial_settings(
-    method_cls: type, train: TrainSettings, augment: AugmentationConfig, config: dict, source: str = "trial config"
+    method_cls: type, train: TrainSettings | None, augment: AugmentationConfig | None, config: dict,
+    source: str = "trial config",
 ) -> TrialSettings:
     """Resolve a nested trial ``config`` (as sampled by Tune, or read back from MLflow)."""
     sections = section_classes(method_cls)
-    bases = {"method": {}, "train": as_dict(train), "augment": as_dict(augment)}
+    bases = {"method": {}, "train": as_dict(train) if train is not None else {},
+             "augment": as_dict(augment) if augment is not None else {}}
     resolved = {
         name: parse(cls, _merge(bases[name], _plain(config.get(name, {}))), f"{source} [{name}]")
         for name, cls in sections.items()
     }
-    return TrialSettings(resolved["method"], resolved["train"], resolved["augment"])
+    return TrialSettings(resolved["method"], resolved.get("train"), resolved.get("augment"))
 
 
 def _merge(base: dict, override: dict) -> dict:

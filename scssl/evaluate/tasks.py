@@ -1,0 +1,184 @@
+"""The benchmark tasks, each one function of a fitted method, behind one table (``TASKS``).
+
+- ``batch_correction`` (scSSL-Bench): train on all cells, scIB metrics of the embedding.
+- ``cell_typing`` (scSSL-Bench; Richter's zero-shot row): train on the reference cells, kNN label transfer
+  to the query.
+- ``reconstruction`` (Richter): train on the reference, reconstruct the query cells (masked as in training),
+  MSE and explained variance on the hidden entries and on all; floors: the per-gene mean of the reference
+  and a PCA of the reference with as many components as the embedding, from the same inputs.
+- ``fine_tuned_cell_typing`` (Richter): pretrain on the reference, fine-tune encoder + classifier head on
+  the reference labels, score the query; the same network trained from scratch is the ``scratch_`` twin.
+
+A task a method cannot serve (reconstruction without a decoder, fine-tuning without a network) is not
+planned for it (``TaskSpec.serves``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scssl.augment import NeighbourGraph, build_neighbour_graph
+from scssl.data import PreparedDataset
+from scssl.evaluate.batch_correction import AGGREGATES, BATCH_METRICS, BIO_METRICS, scib_scores
+from scssl.evaluate.cell_typing import K_NEIGHBORS, knn_cell_typing, validation_split
+from scssl.evaluate.settings import FineTuneSettings
+from scssl.methods import PCABaseline, get_method
+from scssl.search_space import TrialSettings
+from scssl.stages import TuneSettings
+from scssl.train import TrainingData, fit
+
+CELL_TYPING_METRICS = ["macro_f1", "accuracy", "macro_f1_all", "accuracy_all"]
+RECONSTRUCTION_METRICS = [
+    "masked_mse", "masked_explained_variance", "masked_explained_variance_weighted",
+    "mse", "explained_variance", "explained_variance_weighted",
+]
+FLOORS = ("mean_floor", "pca_floor")
+
+
+@dataclass
+class SharedData:
+    """What every trial and retrain of one data set needs, built once per study (and put in Ray's object
+    store by the tune layer).
+
+    ``is_validation`` marks the fixed validation cells among the *reference* cells; ``pre_integration``
+    is the PCA (50 components) of the preprocessed expression of all cells, for PCR comparison.
+    ``reference_graph`` and ``all_graph`` are the neighbour graphs of the reference cells and of all
+    cells, built only when a BBKNN or MNN augmentation may be used.
+    """
+
+    dataset: PreparedDataset
+    is_validation: np.ndarray
+    pre_integration: np.ndarray
+    reference_graph: NeighbourGraph | None = None
+    all_graph: NeighbourGraph | None = None
+
+    @classmethod
+    def build(cls, dataset: PreparedDataset, tune_settings: TuneSettings, with_graphs: bool) -> "SharedData":
+        reference = dataset.reference_index
+        is_validation = validation_split(
+            dataset.label_codes[reference], tune_settings.validation_fraction,
+            tune_settings.validation_max_cells, tune_settings.seed,
+        )
+        pre = PCABaseline(PCABaseline.Params(n_components=50)).fit(dataset.X).embed(dataset.X)
+        if not with_graphs:
+            return cls(dataset, is_validation, pre)
+        batches = dataset.obs["batch"].to_numpy()
+        return cls(dataset, is_validation, pre,
+                   build_neighbour_graph(dataset.X[reference], batches[reference]),
+                   build_neighbour_graph(dataset.X, batches))
+
+    def training_data(self, cells: str) -> TrainingData:
+        """The ``reference`` cells or ``all`` cells as a method trains on them."""
+        ds = self.dataset
+        if cells == "all":
+            return TrainingData(ds.X, ds.genes, ds.batch_codes, self.all_graph)
+        ref = ds.reference_index
+        return TrainingData(ds.X[ref], ds.genes, ds.batch_codes[ref], self.reference_graph)
+
+
+@dataclass(frozen=True)
+class TaskInputs:
+    """One task's run: the method and its resolved settings, the seed, threads, the task's own settings, and
+    the seconds spent training (the rest of a task's time is evaluation)."""
+
+    method: str
+    trial: TrialSettings
+    seed: int
+    threads: int
+    fine_tuning: FineTuneSettings
+    timings: dict[str, float] = field(default_factory=lambda: {"train_seconds": 0.0})
+
+
+def _fit(shared: SharedData, inputs: TaskInputs, cells: str):
+    """The method fitted on the ``reference`` or ``all`` cells; the time it took counts as training."""
+    trial, started = inputs.trial, time.perf_counter()
+    model = fit(inputs.method, trial.params, shared.training_data(cells), trial.train, trial.augment, inputs.seed)
+    inputs.timings["train_seconds"] += time.perf_counter() - started
+    return model
+
+
+def batch_correction(shared: SharedData, inputs: TaskInputs):
+    ds = shared.dataset
+    embedding = _fit(shared, inputs, "all").embed(ds.X)
+    labels = ds.obs["label"].to_numpy().astype(str)
+    return scib_scores(embedding, ds.obs["batch"].to_numpy(), labels, shared.pre_integration,
+                       n_jobs=inputs.threads), embedding
+
+
+def cell_typing(shared: SharedData, inputs: TaskInputs):
+    ds = shared.dataset
+    embedding = _fit(shared, inputs, "reference").embed(ds.X)
+    labels = ds.obs["label"].to_numpy().astype(str)
+    ref, query = ds.reference_index, ds.query_index
+    return knn_cell_typing(embedding[ref], labels[ref], embedding[query], labels[query]), embedding
+
+
+def reconstruction(shared: SharedData, inputs: TaskInputs):
+    from scssl.evaluate.reconstruction import mean_reconstruction, pca_reconstruction, reconstruction_scores
+
+    ds = shared.dataset
+    ref, query = ds.reference_index, ds.query_index
+    model = _fit(shared, inputs, "reference")
+    made = model.reconstruct(ds.X[query], seed=inputs.seed)
+    target = np.asarray(ds.X[query].todense(), dtype=np.float32)
+    metrics = reconstruction_scores(target, made.x_hat, made.scored)
+    n_components = model.embed(ds.X[query[:2]]).shape[1]
+    floors = {"mean_floor": mean_reconstruction(ds.X[ref], len(query)),
+              "pca_floor": pca_reconstruction(ds.X[ref], made.inputs, n_components, seed=inputs.seed)}
+    for name, x_hat in floors.items():
+        metrics.update({f"{name}_{k}": v for k, v in reconstruction_scores(target, x_hat, made.scored).items()})
+    return metrics, model.embed(ds.X)
+
+
+def fine_tuned_cell_typing(shared: SharedData, inputs: TaskInputs):
+    import torch
+
+    from scssl.evaluate.fine_tuning import fine_tune
+
+    ds = shared.dataset
+    ref, query = ds.reference_index, ds.query_index
+    labels = ds.obs["label"].to_numpy().astype(str)
+    model = _fit(shared, inputs, "reference")
+    network = model.network
+    device = next(network.parameters()).device
+    dim = inputs.trial.params.embedding_dim
+    args = (ds.X[ref], labels[ref], ds.X[query], labels[query], inputs.fine_tuning, inputs.seed, device)
+    metrics = fine_tune(network.encoder, dim, *args)
+    torch.manual_seed(inputs.seed)  # the twin: the same architecture, initialised as the pretraining started
+    scratch = type(network)(ds.X.shape[1], inputs.trial.params).encoder.to(device)
+    metrics.update({f"scratch_{k}": v for k, v in fine_tune(scratch, dim, *args).items()})
+    return metrics, model.embed(ds.X)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task: its function (metrics, embedding of every cell), its metrics and the one printed per job, and
+    the capability of a method it needs (``None``: any method)."""
+
+    run: Callable[[SharedData, TaskInputs], tuple[dict[str, float], np.ndarray]]
+    metrics: list[str]  # the columns of its table (it logs more: every floor's every score)
+    headline: str
+    needs: str | None = None
+
+    def serves(self, method: str) -> bool:
+        return self.needs is None or bool(getattr(get_method(method), self.needs))
+
+
+TASKS: dict[str, TaskSpec] = {
+    "batch_correction": TaskSpec(batch_correction, AGGREGATES + BIO_METRICS + BATCH_METRICS, "total"),
+    "cell_typing": TaskSpec(cell_typing, CELL_TYPING_METRICS, "macro_f1"),
+    "reconstruction": TaskSpec(
+        reconstruction, RECONSTRUCTION_METRICS + [f"{f}_{m}" for f in FLOORS for m in RECONSTRUCTION_METRICS[:4:3]],
+        "mse", needs="reconstructs"),
+    "fine_tuned_cell_typing": TaskSpec(
+        fine_tuned_cell_typing, CELL_TYPING_METRICS + [f"scratch_{m}" for m in CELL_TYPING_METRICS], "macro_f1",
+        needs="fine_tunable"),
+}
+
+# what scoring a task depends on besides the embedding, so that changing it reruns the task's jobs
+EVALUATION = {"cell_typing": {"knn_k": K_NEIGHBORS}, "batch_correction": {"scib": BIO_METRICS + BATCH_METRICS},
+              "reconstruction": {"metrics": TASKS["reconstruction"].metrics}, "fine_tuned_cell_typing": {}}
