@@ -112,6 +112,7 @@ def load_experiment(path: str | Path, output_dir: str | None = None, tracking_ur
     labels = [d.label for d in datasets]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"{path}: datasets: give each data set a distinct `id`, got {labels}")
+    _check_pretraining(datasets, path)
     for task in [t for t in config.tasks if t in QUERY_TASKS]:
         for i, spec in enumerate(datasets):
             if not spec.query_batches:
@@ -136,6 +137,23 @@ def load_experiment(path: str | Path, output_dir: str | None = None, tracking_ur
         or f"sqlite:///{study_dir / 'mlflow.db'}"
     )
     return Experiment(config, path, datasets, study_dir, spaces, uri)
+
+
+def _check_pretraining(datasets: list[DatasetSpec], path: Path) -> None:
+    """Each ``pretrain`` names another data set of the experiment, one that is not itself a transfer target."""
+    by_label = {spec.label: spec for spec in datasets}
+    for i, spec in enumerate(datasets):
+        if spec.pretrain is None:
+            continue
+        where = f"{path}: datasets.{i}.pretrain"
+        if spec.pretrain == spec.label:
+            raise ConfigError(f"{where}: a data set cannot pretrain itself ({spec.label!r})")
+        if spec.pretrain not in by_label:
+            raise ConfigError(f"{where}: {spec.pretrain!r} is not the id of a data set of this experiment; "
+                              f"ids are {list(by_label)}")
+        if by_label[spec.pretrain].pretrain is not None:
+            raise ConfigError(f"{where}: {spec.pretrain!r} is itself pretrained on another data set; "
+                              "pretrain on a data set of its own cells")
 
 
 def _check_sections_used(raw: dict, config: ExperimentConfig, path: Path) -> None:

@@ -72,10 +72,12 @@ def prepare_datasets(experiment: Experiment, stages: tuple[str, ...] = STAGES) -
 
     tunes = experiment.config.final.retrain == "best" and "tune" in stages
     datasets = {}
-    for i, spec in enumerate(experiment.datasets):
+    # pretraining data sets first: a transfer target takes their genes
+    for i, spec in sorted(enumerate(experiment.datasets), key=lambda item: item[1].pretrain is not None):
         t = time.perf_counter()
         try:
-            ds = prepare(spec)
+            genes = datasets[spec.pretrain].genes if spec.pretrain is not None else None
+            ds = prepare(spec, genes=genes)
             check_tasks(ds, experiment.config.tasks, spec.path, tunes)
         except DataError as err:
             raise ConfigError(f"{experiment.source}: datasets.{i}.{err.key}: {err}") from None
@@ -86,7 +88,18 @@ def prepare_datasets(experiment: Experiment, stages: tuple[str, ...] = STAGES) -
         for note in ds.notes:
             print(f"[data] {spec.label}: {note}", flush=True)
         datasets[spec.label] = ds
-    return datasets
+    return {spec.label: datasets[spec.label] for spec in experiment.datasets}
+
+
+def fingerprints(experiment: Experiment, datasets: dict[str, PreparedDataset]) -> dict[str, str]:
+    """Each data set's content digest; a transfer target's also covers its pretraining data set's."""
+    from scssl.tune.tracking import digest
+
+    out = {}
+    for spec in experiment.datasets:
+        own = datasets[spec.label].fingerprint
+        out[spec.label] = own if spec.pretrain is None else digest([own, datasets[spec.pretrain].fingerprint])
+    return out
 
 
 def validate_study(experiment: Experiment) -> None:
@@ -137,19 +150,21 @@ def _run_on_ray(experiment: Experiment, datasets: dict[str, PreparedDataset], st
         if killed:
             print(f"[scssl] {killed} run(s) of a stopped driver closed as KILLED", flush=True)
         graphs = experiment.uses_neighbours
-        refs = {name: ray.put(SharedData.build(ds, cfg.tune, graphs)) for name, ds in datasets.items()}
+        pretraining = {spec.label: datasets.get(spec.pretrain) for spec in experiment.datasets}
+        refs = {name: ray.put(SharedData.build(ds, cfg.tune, graphs, pretraining[name]))
+                for name, ds in datasets.items()}
         if "tune" in stages and cfg.final.retrain != "best":  # nothing to tune
             print(f"[tune] skipped: final.retrain is {cfg.final.retrain}, so the final stage trains "
                   f"{'every grid point' if cfg.final.retrain == 'grid' else 'each method with its defaults'}",
                   flush=True)
-        fingerprints = {name: ds.fingerprint for name, ds in datasets.items()}
+        data_digests = fingerprints(experiment, datasets)
         if "tune" in stages and cfg.final.retrain == "best":
             for name in refs:
                 for method in cfg.methods:
                     if get_method(method).trainable:
-                        failures += tune_method(experiment, name, fingerprints[name], refs[name], method, tracker)
+                        failures += tune_method(experiment, name, data_digests[name], refs[name], method, tracker)
         if "retrain" in stages:
-            failures += retrain_stage(experiment, refs, tracker, fingerprints)
+            failures += retrain_stage(experiment, refs, tracker, data_digests)
             seeds = _first_seeds(experiment)
             for name, ds in datasets.items():
                 log_cell_metadata(tracker, name, ds.obs)

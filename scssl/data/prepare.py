@@ -36,7 +36,8 @@ class PreparedDataset:
 
     Plain numpy/scipy so that Ray can put it in the object store once and share it with trials.
     ``obs`` has the categorical columns ``batch``, ``label`` and ``split``; ``notes`` says, one line
-    each, what ``prepare`` dropped from the file.
+    each, what ``prepare`` dropped from the file. Aligned to another data set's genes (transfer),
+    ``missing_genes`` marks the columns this file lacks (all zero).
     """
 
     id: str
@@ -46,6 +47,7 @@ class PreparedDataset:
     batch_key: str
     labels_key: str
     notes: list[str] = field(default_factory=list)
+    missing_genes: np.ndarray | None = None
 
     @property
     def n_cells(self) -> int:
@@ -74,6 +76,7 @@ class PreparedDataset:
         parts = [np.asarray(self.X.shape, "<i8"), np.ascontiguousarray(self.X.data, "<f4"),
                  np.asarray(self.X.indices, "<i8"), np.asarray(self.X.indptr, "<i8")]
         texts = [self.genes, self.obs.index, self.obs["batch"], self.obs["label"], self.obs["split"]]
+        texts += [] if self.missing_genes is None else [self.missing_genes]
         digest = hashlib.sha256()
         for blob in [p.tobytes() for p in parts] + ["\x1f".join(map(str, t)).encode() for t in texts]:
             digest.update(len(blob).to_bytes(8, "little") + blob)  # the length keeps parts from running together
@@ -107,8 +110,10 @@ def read_h5ad(path: str | Path) -> ad.AnnData:
         raise DataError(f"{path}: not a readable .h5ad file ({reason})", "path") from None
 
 
-def prepare(spec: DatasetSpec, adata: ad.AnnData | None = None) -> PreparedDataset:
-    """Load (unless ``adata`` is given), check and preprocess the data set of a resolved ``spec``."""
+def prepare(spec: DatasetSpec, adata: ad.AnnData | None = None, genes: np.ndarray | None = None) -> PreparedDataset:
+    """Load (unless ``adata`` is given), check and preprocess the data set of a resolved ``spec``. With
+    ``genes`` (a pretraining data set's), its columns are those genes by name instead of its own HVGs:
+    each cell normalised over its own genes, a pretraining gene it lacks all zero."""
     source = spec.path
     adata = read_h5ad(spec.path) if adata is None else adata
     for what, key in (("batch_key", spec.batch_key), ("labels_key", spec.labels_key)):
@@ -155,7 +160,14 @@ def prepare(spec: DatasetSpec, adata: ad.AnnData | None = None) -> PreparedDatas
     cells.var_names = adata.var_names[has_counts].astype(str)
     sc.pp.normalize_total(cells, target_sum=1e4)
     sc.pp.log1p(cells)
-    genes = select_hvgs(cells[~is_query].copy(), spec.n_hvgs)
+    missing = None
+    if genes is None:
+        genes = select_hvgs(cells[~is_query].copy(), spec.n_hvgs)
+        X = sp.csr_matrix(cells[:, genes].X, dtype=np.float32)
+    else:
+        X, missing = _aligned(cells, np.asarray(genes), source)
+        notes.append(f"{int(missing.sum())} of the {len(genes)} pretraining genes are not in this data set: "
+                     "their columns are zero")
 
     obs = pd.DataFrame(
         {
@@ -165,8 +177,21 @@ def prepare(spec: DatasetSpec, adata: ad.AnnData | None = None) -> PreparedDatas
         },
         index=names,
     )
-    X = sp.csr_matrix(cells[:, genes].X, dtype=np.float32)
-    return PreparedDataset(spec.label, X, np.asarray(genes), obs, spec.batch_key, spec.labels_key, notes)
+    return PreparedDataset(spec.label, X, np.asarray(genes), obs, spec.batch_key, spec.labels_key, notes, missing)
+
+
+def _aligned(cells: ad.AnnData, genes: np.ndarray, source: str) -> tuple[sp.csr_matrix, np.ndarray]:
+    """``cells``' expression in the columns of ``genes`` (by name), and which of them ``cells`` lacks."""
+    position = pd.Index(cells.var_names).get_indexer(genes)
+    missing = position < 0
+    if missing.all():
+        raise DataError(f"{source}: none of the {len(genes)} pretraining genes (e.g. {', '.join(genes[:3])}) is among "
+                        f"this data set's genes (e.g. {', '.join(cells.var_names[:3])}); the data sets must name "
+                        "genes alike", "pretrain")
+    X = sp.csr_matrix(cells.X, dtype=np.float32)[:, position[~missing]].tocoo()
+    columns = np.flatnonzero(~missing)[X.col]
+    aligned = sp.csr_matrix((X.data, (X.row, columns)), shape=(cells.n_obs, len(genes)), dtype=np.float32)
+    return aligned, missing
 
 
 def select_hvgs(reference: ad.AnnData, n_hvgs: int) -> list[str]:

@@ -18,6 +18,8 @@ class DatasetSpec:
     ``counts_layer`` names the layer holding raw counts; ``None`` means ``X`` holds them.
     Cells of ``query_batches`` are held out of training for query-to-reference cell typing.
     A cell without a batch or cell type (NaN or empty) is an error, or with ``drop_missing`` is dropped.
+    ``pretrain`` names (by ``id``) another data set of the experiment: methods are trained on that one's
+    cells and scored on this one's, whose genes are aligned to the pretraining genes by name (transfer).
     """
 
     name: str | None = None
@@ -29,6 +31,7 @@ class DatasetSpec:
     n_hvgs: Annotated[int, Field(ge=2)] = 4000
     drop_missing: bool = False
     id: str | None = None
+    pretrain: str | None = None
 
     def __post_init__(self) -> None:
         if (self.name is None) == (self.path is None):

@@ -6,6 +6,8 @@
 - ``reconstruction`` (Richter): train on the reference, reconstruct the query cells (masked as in training),
   MSE and explained variance on the hidden entries and on all; floors: the per-gene mean of the reference
   and a PCA of the reference with as many components as the embedding, from the same inputs.
+- With a pretraining data set (transfer), every task trains on its cells and scores this data set's, the
+  floors still from this data set's reference.
 - ``fine_tuned_cell_typing`` (Richter): pretrain on the reference, fine-tune encoder + classifier head on
   the reference labels, score the query; the same network trained from scratch is the ``scratch_`` twin.
 
@@ -47,7 +49,8 @@ class SharedData:
     ``is_validation`` marks the fixed validation cells among the *reference* cells; ``pre_integration``
     is the PCA (50 components) of the preprocessed expression of all cells, for PCR comparison.
     ``reference_graph`` and ``all_graph`` are the neighbour graphs of the reference cells and of all
-    cells, built only when a BBKNN or MNN augmentation may be used.
+    cells, built only when a BBKNN or MNN augmentation may be used. With ``pretrain`` (transfer) every
+    method trains on all of that data set's cells (``pretrain_graph`` its graph) and is scored here.
     """
 
     dataset: PreparedDataset
@@ -55,9 +58,12 @@ class SharedData:
     pre_integration: np.ndarray
     reference_graph: NeighbourGraph | None = None
     all_graph: NeighbourGraph | None = None
+    pretrain: PreparedDataset | None = None
+    pretrain_graph: NeighbourGraph | None = None
 
     @classmethod
-    def build(cls, dataset: PreparedDataset, tune_settings: TuneSettings, with_graphs: bool) -> "SharedData":
+    def build(cls, dataset: PreparedDataset, tune_settings: TuneSettings, with_graphs: bool,
+              pretrain: PreparedDataset | None = None) -> "SharedData":
         reference = dataset.reference_index
         is_validation = validation_split(
             dataset.label_codes[reference], tune_settings.validation_fraction,
@@ -65,14 +71,20 @@ class SharedData:
         )
         pre = PCABaseline(PCABaseline.Params(n_components=50)).fit(dataset.X).embed(dataset.X)
         if not with_graphs:
-            return cls(dataset, is_validation, pre)
-        batches = dataset.obs["batch"].to_numpy()
-        return cls(dataset, is_validation, pre,
-                   build_neighbour_graph(dataset.X[reference], batches[reference]),
-                   build_neighbour_graph(dataset.X, batches))
+            return cls(dataset, is_validation, pre, pretrain=pretrain)
+
+        def graph(data: PreparedDataset, rows=slice(None)) -> NeighbourGraph:
+            return build_neighbour_graph(data.X[rows], data.obs["batch"].to_numpy()[rows])
+
+        return cls(dataset, is_validation, pre, graph(dataset, reference), graph(dataset), pretrain,
+                   graph(pretrain) if pretrain is not None else None)
 
     def training_data(self, cells: str) -> TrainingData:
-        """The ``reference`` cells or ``all`` cells as a method trains on them."""
+        """The ``reference`` cells or ``all`` cells as a method trains on them; with a pretraining data set,
+        all of its cells whatever the task."""
+        if self.pretrain is not None:
+            ds = self.pretrain
+            return TrainingData(ds.X, ds.genes, ds.batch_codes, self.pretrain_graph)
         ds = self.dataset
         if cells == "all":
             return TrainingData(ds.X, ds.genes, ds.batch_codes, self.all_graph)
@@ -124,13 +136,15 @@ def reconstruction(shared: SharedData, inputs: TaskInputs):
     ref, query = ds.reference_index, ds.query_index
     model = _fit(shared, inputs, "reference")
     made = model.reconstruct(ds.X[query], seed=inputs.seed)
-    target = np.asarray(ds.X[query].todense(), dtype=np.float32)
-    metrics = reconstruction_scores(target, made.x_hat, made.scored)
     n_components = model.embed(ds.X[query[:2]]).shape[1]
     floors = {"mean_floor": mean_reconstruction(ds.X[ref], len(query)),
               "pca_floor": pca_reconstruction(ds.X[ref], made.inputs, n_components, seed=inputs.seed)}
+    genes = slice(None) if ds.missing_genes is None else ~ds.missing_genes  # a gene the data lacks: not scored
+    target = np.asarray(ds.X[query].todense(), dtype=np.float32)[:, genes]
+    scored = None if made.scored is None else made.scored[:, genes]
+    metrics = reconstruction_scores(target, made.x_hat[:, genes], scored)
     for name, x_hat in floors.items():
-        metrics.update({f"{name}_{k}": v for k, v in reconstruction_scores(target, x_hat, made.scored).items()})
+        metrics.update({f"{name}_{k}": v for k, v in reconstruction_scores(target, x_hat[:, genes], scored).items()})
     return metrics, model.embed(ds.X)
 
 

@@ -75,7 +75,7 @@ def train(
     cells = CellMatrix(X, device)
     model = method_cls(cells.n_genes, params).to(device)
     model.setup(TrainingContext(cells.rows, genes, graph, augment, seed, device))
-    codes = None if batch_codes is None else torch.as_tensor(np.asarray(batch_codes), device=device)
+    codes = None if batch_codes is None else torch.tensor(np.asarray(batch_codes, dtype=np.int64), device=device)
     order = torch.Generator(device="cpu").manual_seed(seed)
     optimizer = _optimizer(model, settings)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 10, 0.1) if settings.schedule == "step" else None

@@ -45,8 +45,8 @@ def run_trial(
     method_cls = get_method(method)
     trial = trial_settings(method_cls, train_settings, augment, unwrap(config))
     reference = shared.dataset.reference_index
-    data = shared.training_data("reference")
-    X = data.X
+    data = shared.training_data("reference")  # the pretraining cells, in a transfer
+    X = shared.dataset.X[reference]
     labels = shared.dataset.label_codes[reference]
     batches = shared.dataset.obs["batch"].to_numpy()[reference]
     epochs_done = 0
@@ -63,7 +63,7 @@ def run_trial(
         tune.report(metrics)
 
     try:
-        train(method_cls, trial.params, X, trial.train, trial.augment, seed, report, data.graph, data.genes,
+        train(method_cls, trial.params, data.X, trial.train, trial.augment, seed, report, data.graph, data.genes,
               data.batch_codes)
     except RETRIABLE:
         raise
