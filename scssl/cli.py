@@ -23,7 +23,7 @@ def _methods() -> None:
     from scssl.methods import METHODS
 
     for name, cls in METHODS.items():
-        kind = "SSL method" if cls.trainable else "baseline, no training"
+        kind = "SSL method" if cls.trainable else "baseline, fits by itself"
         print(f"{name} ({kind}): {cls.__doc__.strip().splitlines()[0] if cls.__doc__ else ''}")
         for key, value in as_dict(cls.Params()).items():
             print(f"    {key} = {value}")

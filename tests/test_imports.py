@@ -4,6 +4,7 @@ import importlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,13 @@ def heavy_after(code: str) -> list[str]:
 
 def test_checking_an_experiment_loads_no_heavy_library():
     assert heavy_after("import scssl.experiment, scssl.methods, scssl.data, scssl.train, scssl.augment") == []
+
+
+def test_loading_an_experiment_loads_neither_ray_nor_mlflow():
+    """The search spaces and stage settings sit below ``tune``: no tune <-> experiment import cycle."""
+    path = Path(__file__).resolve().parent.parent / "experiments" / "richter_masking.yaml"
+    code = f"from scssl.experiment import load_experiment; load_experiment({str(path)!r})"
+    assert heavy_after(code) == ["torch"]  # the method classes, to check the search spaces against
 
 
 def test_listing_the_methods_loads_torch_alone():

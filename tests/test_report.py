@@ -245,3 +245,23 @@ def test_the_tuning_figures_show_only_the_latest_search():
     reverted = run(6, "a")  # the edit undone: the search of key "a" is the latest again
     assert latest_search(older + before_edit + after_edit + [reverted]) == before_edit + [reverted]
     assert latest_search(older) == older and latest_search([]) == []
+
+
+def test_fine_tuned_rows_show_their_twin_from_scratch_and_reconstruction_its_floors():
+    tuned = _long({("d", m, "", s): {"macro_f1": f, "accuracy": 0.5, "scratch_macro_f1": 0.4, "scratch_accuracy": 0.45}
+                   for (m, f) in (("mae", 0.6), ("simclr", 0.5)) for s in (0, 1)}, "fine_tuned_cell_typing")
+    rebuilt = _long({("d", "mae", "", s): {"mse": 0.5 + s / 10, "explained_variance": 0.2, "masked_mse": 0.6,
+                                             "mean_floor_mse": 0.7, "pca_floor_mse": 0.4} for s in (0, 1)},
+                    "reconstruction")
+    tables = {t.name: t for t in benchmark_tables(pd.concat([tuned, rebuilt]), ["mae", "simclr"])}
+    text = tables["fine_tuned_cell_typing"].text()
+    assert text["Query macro-F1"].tolist() == ["0.600 ± 0.000", "0.500 ± 0.000"]
+    assert text["From scratch: macro-F1"].tolist() == ["0.400 ± 0.000"] * 2
+    assert text["Rank"].tolist() == ["1", "2"]
+    text = tables["reconstruction"].text()
+    assert text["MSE (all)"].tolist() == ["0.550 ± 0.071"]
+    assert text["Mean floor: MSE (all)"].tolist() == ["0.700 ± 0.000"]
+    assert text["PCA floor: MSE (all)"].tolist() == ["0.400 ± 0.000"]
+    summary = tables["summary"].text()
+    assert summary["Fine-tuned macro-F1"].tolist() == ["0.600 ± 0.000", "0.500 ± 0.000"]
+    assert summary["Reconstruction MSE (all)"].tolist() == ["0.550 ± 0.071", "–"]

@@ -1,4 +1,5 @@
-"""Method layer: the registry of every method by name, each a small class with typed ``Params``.
+"""Method layer: the registry of every method by name, each a small class with typed ``Params``, all
+behind the contract of ``base.py``.
 
 A method's module (torch with it) loads on the first look-up of its class, so that checking the
 method names of an experiment file needs no torch.
@@ -14,7 +15,8 @@ _CLASSES = {  # method name (also its module) -> class
     "byol": "BYOL", "barlow_twins": "BarlowTwins", "vicreg": "VICReg", "mae": "MAE",
 }
 
-__getattr__ = lazy_exports(__name__, {"base": ["Batch", "EncoderParams", "FittedMethod", "SSLMethod", "TrainingContext", "TwoViewMethod"], **{n: [c] for n, c in _CLASSES.items()}})
+BASE = ["Batch", "EncoderParams", "FittedMethod", "SSLMethod", "TrainingContext", "TwoViewMethod"]
+__getattr__ = lazy_exports(__name__, {"base": BASE, **{n: [c] for n, c in _CLASSES.items()}})
 
 
 class _Registry(Mapping):

@@ -219,7 +219,6 @@ class TwoViewMethod(SSLMethod):
     """A method whose step is a loss on two augmented views of the batch (the seven generic methods)."""
 
     sections = frozenset({"train", "augment"})
-    Params: ClassVar[type[EncoderParams]]
 
     def setup(self, context: TrainingContext) -> None:
         from scssl.augment import Augmenter  # the augment layer loads numba; a method class alone needs it not
