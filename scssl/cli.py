@@ -33,7 +33,7 @@ def _datasets() -> None:
     from scssl.data.builtin import BUILTIN_DATASETS
 
     for name, ds in BUILTIN_DATASETS.items():
-        print(f"{name}: {ds.description}\n    batch_key={ds.batch_key} labels_key={ds.labels_key} "
+        print(f"{name} ({ds.modalities}): {ds.description}\n    batch_key={ds.batch_key} labels_key={ds.labels_key} "
               f"counts_layer={ds.counts_layer} query_batches={list(ds.query_batches)}")
 
 

@@ -47,9 +47,9 @@ class TuneSettings:
     validation_max_cells: Annotated[int, Field(ge=10)] = 2000
 
 
-Task = Literal["batch_correction", "cell_typing", "reconstruction", "fine_tuned_cell_typing"]
+Task = Literal["batch_correction", "cell_typing", "reconstruction", "fine_tuned_cell_typing", "modality_prediction"]
 # the tasks that train on the reference cells and score the query cells (they need query batches)
-QUERY_TASKS = ("cell_typing", "reconstruction", "fine_tuned_cell_typing")
+QUERY_TASKS = ("cell_typing", "reconstruction", "fine_tuned_cell_typing", "modality_prediction")
 
 
 def _seed_list(seeds: list[int]) -> list[int]:

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from scssl.data.paired import Modality, other_modality, pair_cells, preprocess, read_h5mu_mod
 from scssl.data.spec import DataError, DatasetSpec
 
 REFERENCE, QUERY = "reference", "query"
@@ -37,7 +38,8 @@ class PreparedDataset:
     Plain numpy/scipy so that Ray can put it in the object store once and share it with trials.
     ``obs`` has the categorical columns ``batch``, ``label`` and ``split``; ``notes`` says, one line
     each, what ``prepare`` dropped from the file. Aligned to another data set's genes (transfer),
-    ``missing_genes`` marks the columns this file lacks (all zero).
+    ``missing_genes`` marks the columns this file lacks (all zero). ``other`` is the second modality of
+    multimodal data (its rows are these cells).
     """
 
     id: str
@@ -48,6 +50,7 @@ class PreparedDataset:
     labels_key: str
     notes: list[str] = field(default_factory=list)
     missing_genes: np.ndarray | None = None
+    other: Modality | None = None
 
     @property
     def n_cells(self) -> int:
@@ -77,6 +80,11 @@ class PreparedDataset:
                  np.asarray(self.X.indices, "<i8"), np.asarray(self.X.indptr, "<i8")]
         texts = [self.genes, self.obs.index, self.obs["batch"], self.obs["label"], self.obs["split"]]
         texts += [] if self.missing_genes is None else [self.missing_genes]
+        if self.other is not None:
+            other = self.other.X
+            parts += [np.ascontiguousarray(other.data, "<f4"), np.asarray(other.indices, "<i8"),
+                      np.asarray(other.indptr, "<i8")]
+            texts += [[self.other.kind], self.other.features]
         digest = hashlib.sha256()
         for blob in [p.tobytes() for p in parts] + ["\x1f".join(map(str, t)).encode() for t in texts]:
             digest.update(len(blob).to_bytes(8, "little") + blob)  # the length keeps parts from running together
@@ -115,7 +123,11 @@ def prepare(spec: DatasetSpec, adata: ad.AnnData | None = None, genes: np.ndarra
     ``genes`` (a pretraining data set's), its columns are those genes by name instead of its own HVGs:
     each cell normalised over its own genes, a pretraining gene it lacks all zero."""
     source = spec.path
-    adata = read_h5ad(spec.path) if adata is None else adata
+    if adata is None:
+        adata = read_h5mu_mod(spec.path, spec.rna_mod, "rna_mod") if spec.path.endswith(".h5mu") else read_h5ad(spec.path)
+    paired_notes, other = [], None
+    if spec.modality is not None:
+        adata, other, paired_notes = pair_cells(adata, other_modality(spec), spec.modality.kind)
     for what, key in (("batch_key", spec.batch_key), ("labels_key", spec.labels_key)):
         if key not in adata.obs:
             raise DataError(
@@ -128,7 +140,14 @@ def prepare(spec: DatasetSpec, adata: ad.AnnData | None = None, genes: np.ndarra
     given = adata.obs[spec.batch_key]
     all_batches = set(given[~_missing(given)].astype(str))
     keep, notes = _cells_to_keep(adata.obs, counts, spec, source)
+    notes = paired_notes + notes
     counts = counts[keep]
+    if other is not None:
+        where = f"{spec.modality.path or source} ({spec.modality.kind})"
+        try:
+            other_counts = _counts(other, spec.modality.counts_layer, where)[keep]
+        except DataError as err:
+            raise DataError(str(err), f"modality.{err.key}") from None
     has_counts = np.asarray(counts.sum(axis=0)).ravel() > 0  # over all cells, reference and query alike
     if not has_counts.all():
         counts = counts[:, has_counts]
@@ -177,7 +196,11 @@ def prepare(spec: DatasetSpec, adata: ad.AnnData | None = None, genes: np.ndarra
         },
         index=names,
     )
-    return PreparedDataset(spec.label, X, np.asarray(genes), obs, spec.batch_key, spec.labels_key, notes, missing)
+    second = None
+    if other is not None:
+        second = preprocess(spec.modality, other_counts, np.asarray(other.var_names.astype(str)), ~is_query)
+    return PreparedDataset(spec.label, X, np.asarray(genes), obs, spec.batch_key, spec.labels_key, notes, missing,
+                           second)
 
 
 def _aligned(cells: ad.AnnData, genes: np.ndarray, source: str) -> tuple[sp.csr_matrix, np.ndarray]:

@@ -44,6 +44,10 @@ def check_tasks(dataset: PreparedDataset, tasks: list[str], source: str, tunes: 
         if len(types) < 2:  # measured: cLISI, and so Bio and Total, come out as -inf
             raise DataError(f"{source}: batch_correction needs at least 2 cell types in "
                             f"obs[{dataset.labels_key!r}], data set {name!r} has 1 ({types[0]!r})", "labels_key")
+    if "modality_prediction" in tasks and dataset.other is None:
+        raise DataError(f"{source}: modality_prediction needs a second modality, and data set {name!r} has RNA "
+                        "only; give its `modality` (protein or ATAC), or use a multimodal built-in data set",
+                        "modality")
     for task in [t for t in tasks if t in QUERY_TASKS]:
         need, n_ref, n_query = MIN_CELLS["cell_typing"], len(dataset.reference_index), len(dataset.query_index)
         if n_ref < need:

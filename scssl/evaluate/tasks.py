@@ -6,6 +6,10 @@
 - ``reconstruction`` (Richter): train on the reference, reconstruct the query cells (masked as in training),
   MSE and explained variance on the hidden entries and on all; floors: the per-gene mean of the reference
   and a PCA of the reference with as many components as the embedding, from the same inputs.
+- ``modality_prediction`` (scSSL-Bench's missing-modality prediction; multimodal data): train on the
+  reference, predict each query cell's second modality (protein, or ATAC's binary accessibility) as the mean
+  over its 5 cosine-nearest reference cells in the RNA embedding; per-cell Pearson r, per-feature r, RMSE
+  (and AUROC for ATAC).
 - With a pretraining data set (transfer), every task trains on its cells and scores this data set's, the
   floors still from this data set's reference.
 - ``fine_tuned_cell_typing`` (Richter): pretrain on the reference, fine-tune encoder + classifier head on
@@ -148,6 +152,18 @@ def reconstruction(shared: SharedData, inputs: TaskInputs):
     return metrics, model.embed(ds.X)
 
 
+def modality_prediction(shared: SharedData, inputs: TaskInputs):
+    from scssl.evaluate.modality_prediction import knn_modality_prediction, modality_prediction_scores
+
+    ds = shared.dataset
+    ref, query = ds.reference_index, ds.query_index
+    embedding = _fit(shared, inputs, "reference").embed(ds.X)  # the RNA embedding
+    target = ds.other.target
+    predicted = knn_modality_prediction(embedding[ref], target[ref], embedding[query])
+    truth = np.asarray(target[query].todense(), dtype=np.float32)
+    return modality_prediction_scores(truth, predicted, binary=ds.other.kind == "atac"), embedding
+
+
 def fine_tuned_cell_typing(shared: SharedData, inputs: TaskInputs):
     import torch
 
@@ -188,6 +204,8 @@ TASKS: dict[str, TaskSpec] = {
     "reconstruction": TaskSpec(
         reconstruction, RECONSTRUCTION_METRICS + [f"{f}_{m}" for f in FLOORS for m in RECONSTRUCTION_METRICS[:4:3]],
         "mse", needs="reconstructs"),
+    "modality_prediction": TaskSpec(
+        modality_prediction, ["pearson", "feature_pearson", "rmse", "auroc", "pearson_min", "pearson_max"], "pearson"),
     "fine_tuned_cell_typing": TaskSpec(
         fine_tuned_cell_typing, CELL_TYPING_METRICS + [f"scratch_{m}" for m in CELL_TYPING_METRICS], "macro_f1",
         needs="fine_tunable"),
@@ -195,4 +213,5 @@ TASKS: dict[str, TaskSpec] = {
 
 # what scoring a task depends on besides the embedding, so that changing it reruns the task's jobs
 EVALUATION = {"cell_typing": {"knn_k": K_NEIGHBORS}, "batch_correction": {"scib": BIO_METRICS + BATCH_METRICS},
-              "reconstruction": {"metrics": TASKS["reconstruction"].metrics}, "fine_tuned_cell_typing": {}}
+              "reconstruction": {"metrics": TASKS["reconstruction"].metrics}, "fine_tuned_cell_typing": {},
+              "modality_prediction": {"knn_k": 5, "metric": "cosine"}}

@@ -33,6 +33,8 @@ HEADERS = {
     "explained_variance": "EV (all)", "explained_variance_weighted": "EV weighted (all)",
     "mean_floor_masked_mse": "Mean floor: MSE (masked)", "mean_floor_mse": "Mean floor: MSE (all)",
     "pca_floor_masked_mse": "PCA floor: MSE (masked)", "pca_floor_mse": "PCA floor: MSE (all)",
+    "pearson": "Pearson r per cell", "feature_pearson": "Pearson r per feature", "rmse": "RMSE",
+    "auroc": "AUROC", "pearson_min": "Pearson r per cell (min)", "pearson_max": "Pearson r per cell (max)",
 }
 # The summary's columns: (table, prefix of its columns in the summary, metric or rank, header).
 HEADLINE = [("batch_correction", "", m, HEADERS[m]) for m in AGGREGATES]
@@ -44,7 +46,8 @@ HEADLINE += [("batch_correction_relative", "relative_", "rank", "Rank (Total rel
              ("fine_tuned_cell_typing", "fine_tuned_", "macro_f1", "Fine-tuned macro-F1"),
              ("fine_tuned_cell_typing", "fine_tuned_", "scratch_macro_f1", "From scratch macro-F1"),
              ("reconstruction", "reconstruction_", "masked_mse", "Reconstruction MSE (masked)"),
-             ("reconstruction", "reconstruction_", "mse", "Reconstruction MSE (all)")]
+             ("reconstruction", "reconstruction_", "mse", "Reconstruction MSE (all)"),
+             ("modality_prediction", "modality_", "pearson", "Modality prediction r")]
 # The tables of the tasks scored on query cells: (task, title, note, metric ranked by).
 QUERY_TABLES = [
     ("cell_typing", "Cell typing, query to reference",
@@ -56,6 +59,11 @@ QUERY_TABLES = [
      "reference labels (Richter et al.'s cell-type prediction); 'From scratch': the same network from the "
      "same initial weights, trained on the labels alone (the supervised baseline). Metrics as in kNN cell "
      "typing. Rank: by fine-tuned query macro-F1.", "macro_f1"),
+    ("modality_prediction", "Missing-modality prediction, query from reference",
+     "Mean ± std over seeds. Each query cell's second modality (protein, or ATAC's binary accessibility) "
+     "predicted as the mean over its 5 cosine-nearest reference cells in the RNA embedding (scSSL-Bench). "
+     "Pearson r per cell across features (the paper's score; min and max over cells), per feature across "
+     "cells, RMSE over all entries, AUROC for ATAC. Rank: by Pearson r per cell.", "pearson"),
     ("reconstruction", "Gene-expression reconstruction of the query cells",
      "Mean ± std over seeds, on the log-normalised expression of the query cells. 'masked': the entries the "
      "method reconstructs without seeing them (its training-time masking, or an isolated strategy's target), "
@@ -217,7 +225,8 @@ def _summary(tables: list[Table], methods: list[str], seeds: int) -> Table:
             "rows of this table per data set and seed (see the table relative to the cohort). Query metrics: kNN "
             "(k = 11) on query cells of types seen in the reference. Fine-tuned: a classifier head on the pretrained "
             "encoder, fine-tuned; from scratch: the same network trained on the labels alone. Reconstruction: MSE "
-            "on the query cells (masked: the entries hidden from the method).")
+            "on the query cells (masked: the entries hidden from the method). Modality prediction r: Pearson r per "
+            "query cell between its second modality and the mean of its 5 nearest reference cells' (RNA embedding).")
     return Table("summary", "Summary", note, _ordered(pd.concat(parts, axis=1), methods), columns)
 
 

@@ -1,0 +1,95 @@
+"""The second modality of paired cells: read from a second ``.h5ad`` or from the data set's ``.h5mu``, paired
+with the RNA by cell name, and preprocessed for its kind (protein CLR or log1p; ATAC top peaks, binarised,
+TF-IDF). Feature selection uses reference cells only, as the RNA's HVGs do."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+
+from scssl.data.spec import DataError, DatasetSpec, ModalitySpec
+
+
+@dataclass
+class Modality:
+    """A preprocessed second modality, rows in the data set's cell order: ``X`` what a method sees, ``target``
+    what missing-modality prediction predicts (protein: ``X``; ATAC: the binary accessibility)."""
+
+    kind: str
+    features: np.ndarray
+    X: sp.csr_matrix
+    target: sp.csr_matrix
+
+
+def read_h5mu_mod(path: str | Path, mod: str, key: str) -> ad.AnnData:
+    """One modality of a ``.h5mu`` file, with the file's global obs columns added where the modality lacks them
+    (batch and label may be kept at either level)."""
+    import mudata
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: data file not found", "path")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            data = mudata.read_h5mu(path)
+    except Exception as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise DataError(f"{path}: not a readable .h5mu file ({reason})", "path") from None
+    if mod not in data.mod:
+        raise DataError(f"{path}: no modality {mod!r}; modalities are {list(data.mod)}", key)
+    adata = data.mod[mod].copy()
+    shared = data.obs.reindex(adata.obs_names)
+    for column in shared.columns:
+        if column not in adata.obs:
+            adata.obs[column] = shared[column].to_numpy()
+    return adata
+
+
+def pair_cells(rna: ad.AnnData, other: ad.AnnData, kind: str) -> tuple[ad.AnnData, ad.AnnData, list[str]]:
+    """The cells measured in both modalities, in the RNA's order, and one note per kind of cell dropped
+    (mosaic data: a cell with one modality only)."""
+    in_other = rna.obs_names.isin(other.obs_names)
+    in_rna = other.obs_names.isin(rna.obs_names)
+    if not in_other.any():
+        raise DataError(f"no cell name of the RNA (e.g. {', '.join(rna.obs_names[:3])}) is among the {kind} "
+                        f"file's (e.g. {', '.join(other.obs_names[:3])}); the two must name the same cells",
+                        "modality.path")
+    notes = []
+    if not in_other.all():
+        notes.append(f"dropped {int((~in_other).sum())} cells with RNA but no {kind} measurement (mosaic)")
+    if not in_rna.all():
+        notes.append(f"dropped {int((~in_rna).sum())} cells with {kind} but no RNA measurement (mosaic)")
+    rna = rna[in_other].copy()
+    return rna, other[rna.obs_names].copy(), notes
+
+
+def preprocess(spec: ModalitySpec, counts: sp.csr_matrix, features: np.ndarray, is_reference: np.ndarray) -> Modality:
+    """``counts`` (cells x features, the data set's cells) preprocessed for ``spec.kind``."""
+    from scssl.data.modalities import binarise, clr, log_normalise, tfidf, top_features_by_count
+
+    if spec.kind == "protein":
+        X = clr(counts) if spec.normalisation == "clr" else log_normalise(counts)
+        X = sp.csr_matrix(X, dtype=np.float32)
+        return Modality("protein", features, X, X)
+    peaks = top_features_by_count(counts[is_reference], spec.n_features)
+    binary = sp.csr_matrix(binarise(counts[:, peaks]), dtype=np.float32)
+    return Modality("atac", features[peaks], sp.csr_matrix(tfidf(binary), dtype=np.float32), binary)
+
+
+def other_modality(spec: DatasetSpec) -> ad.AnnData:
+    """The second modality's AnnData of a resolved ``spec``."""
+    from scssl.data.prepare import read_h5ad
+
+    modality = spec.modality
+    if modality.mod is not None:
+        return read_h5mu_mod(spec.path, modality.mod, "modality.mod")
+    try:
+        return read_h5ad(modality.path)
+    except DataError as err:
+        raise DataError(str(err), "modality.path") from None
