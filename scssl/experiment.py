@@ -23,7 +23,7 @@ from scssl.methods import METHODS
 from scssl.settings import SAFE_NAME, SAFE_NAME_TEXT, ConfigError, Name, parse, read_yaml, settings
 from scssl.train import TrainSettings
 from scssl.search_space import SearchSpace, load_search_space, parse_search_space
-from scssl.stages import QUERY_TASKS, FinalSettings, Task, TuneSettings
+from scssl.stages import HEAD_TASKS, QUERY_TASKS, FinalSettings, Task, TuneSettings
 
 
 @settings
@@ -162,9 +162,9 @@ def _check_sections_used(raw: dict, config: ExperimentConfig, path: Path) -> Non
     if "augment" in raw and not any("augment" in METHODS[m].sections for m in config.methods):
         raise ConfigError(f"{path}: augment: none of the methods {config.methods} makes augmented views, so none "
                           "would use this block; remove it")
-    if "fine_tuning" in raw and "fine_tuned_cell_typing" not in config.tasks:
-        raise ConfigError(f"{path}: fine_tuning: only the fine_tuned_cell_typing task uses it, and tasks are "
-                          f"{config.tasks}; add the task or remove the block")
+    if "fine_tuning" in raw and not set(HEAD_TASKS) & set(config.tasks):
+        raise ConfigError(f"{path}: fine_tuning: only the {' and '.join(HEAD_TASKS)} tasks use it, and tasks are "
+                          f"{config.tasks}; add one or remove the block")
 
 
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")

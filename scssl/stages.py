@@ -47,9 +47,15 @@ class TuneSettings:
     validation_max_cells: Annotated[int, Field(ge=10)] = 2000
 
 
-Task = Literal["batch_correction", "cell_typing", "reconstruction", "fine_tuned_cell_typing", "modality_prediction"]
+Task = Literal["batch_correction", "cell_typing", "reconstruction", "fine_tuned_cell_typing", "modality_prediction",
+               "cross_modality_prediction"]
 # the tasks that train on the reference cells and score the query cells (they need query batches)
-QUERY_TASKS = ("cell_typing", "reconstruction", "fine_tuned_cell_typing", "modality_prediction")
+QUERY_TASKS = ("cell_typing", "reconstruction", "fine_tuned_cell_typing", "modality_prediction",
+               "cross_modality_prediction")
+# the tasks that train a head on the pretrained encoder, with the experiment's ``fine_tuning`` settings
+HEAD_TASKS = ("fine_tuned_cell_typing", "cross_modality_prediction")
+# the tasks that predict a data set's second modality
+MODALITY_TASKS = ("modality_prediction", "cross_modality_prediction")
 
 
 def _seed_list(seeds: list[int]) -> list[int]:

@@ -121,7 +121,7 @@ def test_an_augment_block_no_method_uses_is_an_error(tmp_path, small_experiment)
     with pytest.raises(ConfigError, match=r"exp.yaml: augment: none of the methods \['pca', 'mae'\]"):
         load_experiment(path)
     path = small_experiment("exp", fine_tuning={"epochs": 3})
-    with pytest.raises(ConfigError, match="exp.yaml: fine_tuning: only the fine_tuned_cell_typing task uses it"):
+    with pytest.raises(ConfigError, match="exp.yaml: fine_tuning: only the fine_tuned_cell_typing and cross_modality_prediction tasks use it"):
         load_experiment(path)
 
 

@@ -112,3 +112,14 @@ def test_mismatched_shapes_are_rejected(rng):
         knn_modality_prediction(rng.normal(size=(10, 3)), np.ones((9, 2)), rng.normal(size=(4, 3)))
     with pytest.raises(ValueError, match="true values have shape"):
         modality_prediction_scores(np.ones((3, 4)), np.ones((3, 5)))
+
+
+def test_spearman_per_cell_equals_scipy_and_mse_by_hand(rng):
+    from scipy.stats import spearmanr
+
+    true = rng.poisson(2.0, (6, 9)).astype(float)  # ties, as counts have
+    predicted = true + rng.normal(0, 1.0, true.shape)
+    scores = modality_prediction_scores(true, predicted)
+    expected = np.mean([spearmanr(true[i], predicted[i])[0] for i in range(6)])
+    assert scores["spearman"] == pytest.approx(expected, rel=1e-10)
+    assert scores["mse"] == pytest.approx(((true - predicted) ** 2).mean(), rel=1e-12)

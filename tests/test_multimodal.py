@@ -126,3 +126,17 @@ def test_a_few_epochs_of_simclr_raise_the_protein_prediction_over_its_untrained_
     trained, _ = TASKS["modality_prediction"].run(shared, _inputs("simclr"))
     untrained, _ = TASKS["modality_prediction"].run(shared, _inputs("simclr", epochs=1, lr=1e-9))
     assert trained["pearson"] > untrained["pearson"] + 0.01, (untrained["pearson"], trained["pearson"])
+
+
+def test_cross_modality_heads_frozen_and_fine_tuned(cite):
+    shared = SharedData.build(cite, TuneSettings(), with_graphs=False)
+    inputs = TaskInputs("simclr", _inputs("simclr", epochs=5).trial, 0, 1, FineTuneSettings(epochs=30, lr=1e-2))
+    metrics, _ = TASKS["cross_modality_prediction"].run(shared, inputs)
+    assert set(TASKS["cross_modality_prediction"].metrics) <= set(metrics)
+    assert metrics["pearson"] != metrics["head_pearson"]  # two heads: the encoder frozen, and fine-tuned
+    # both beat predicting every query cell as the mean protein of the reference, per cell a constant offset
+    protein = cite.other.X.toarray()
+    mean = np.broadcast_to(protein[cite.reference_index].mean(axis=0), protein[cite.query_index].shape)
+    floor = float(np.mean((protein[cite.query_index] - mean) ** 2))
+    assert metrics["mse"] < floor and metrics["head_mse"] < floor, (metrics["mse"], metrics["head_mse"], floor)
+    assert not TASKS["cross_modality_prediction"].serves("pca")

@@ -76,7 +76,9 @@ def test_seeds_per_task_plan_their_jobs(small_experiment):
     ([], "seeds.list: Value error, expected at least one seed"),
     ([1, 1], "each seed may appear once"),
     ({"cell_typing": []}, "seeds.per_task.cell_typing: Value error, expected at least one seed"),
-    ({"clustering": [0]}, "seeds.per_task.clustering.[key]: Input should be 'batch_correction', 'cell_typing', 'reconstruction', 'fine_tuned_cell_typing' or 'modality_prediction'"),
+    ({"clustering": [0]}, "seeds.per_task.clustering.[key]: Input should be 'batch_correction', 'cell_typing', "
+                          "'reconstruction', 'fine_tuned_cell_typing', 'modality_prediction' or "
+                          "'cross_modality_prediction'"),
     ({}, "seeds.per_task: Dictionary should have at least 1 item"),
 ])
 def test_bad_seeds_are_config_errors(seeds, expected):

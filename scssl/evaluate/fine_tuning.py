@@ -1,10 +1,12 @@
-"""Cell typing by fine-tuning (Richter et al. 2024): a linear head on a pretrained encoder, the whole
-network trained on the reference labels and scored on the query. The same network from random weights
-is the supervised baseline a pretrained encoder has to beat."""
+"""A head on a pretrained encoder, trained on the reference cells and applied to the query (Richter et al.
+2024): a classifier for cell-type prediction, a regression onto the other modality for cross-modality
+prediction. With ``freeze`` only the head trains; otherwise the whole network does (fine-tuning). The same
+network from random weights is the supervised baseline a pretrained encoder has to beat."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -17,45 +19,77 @@ from scssl.evaluate.cell_typing import label_transfer_scores
 from scssl.evaluate.settings import FineTuneSettings
 
 
+def train_head(
+    encoder: torch.nn.Module, embedding_dim: int, n_outputs: int, X_ref: np.ndarray | sp.spmatrix,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], targets: torch.Tensor,
+    settings: FineTuneSettings, seed: int, device: torch.device | str = "cpu", freeze: bool = False,
+) -> torch.nn.Sequential:
+    """A copy of ``encoder`` (cells -> ``embedding_dim``) with a linear head of ``n_outputs``, trained with AdamW
+    on ``loss(output, targets[batch])`` over shuffled mini-batches of the reference cells; in eval mode.
+
+    The caller's encoder is left untouched, so one pretrained encoder serves every seed and task. A last
+    batch of one cell is skipped (BatchNorm cannot train on it); the seed fixes the head's initial weights,
+    dropout and the order of cells. A frozen encoder stays in eval mode (its BatchNorm statistics fixed).
+    """
+    torch.manual_seed(seed)
+    network = torch.nn.Sequential(copy.deepcopy(encoder), torch.nn.Linear(embedding_dim, n_outputs)).to(device)
+    if freeze:
+        network[0].requires_grad_(False)
+    trained = [p for p in network.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=settings.lr, weight_decay=settings.weight_decay)
+    reference = CellMatrix(X_ref, device)
+    order = torch.Generator(device="cpu").manual_seed(seed)
+    network.train()
+    if freeze:
+        network[0].eval()
+    for _ in range(settings.epochs):
+        permutation = torch.randperm(reference.n_cells, generator=order).to(device)
+        for batch in permutation.split(settings.batch_size):
+            if len(batch) < 2:
+                continue
+            value = loss(network(reference.rows(batch)), targets[batch])
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            optimizer.step()
+    return network.eval()
+
+
+@torch.no_grad()
+def predict(network: torch.nn.Module, X: np.ndarray | sp.spmatrix, batch_size: int, device) -> torch.Tensor:
+    return torch.cat([network(x).cpu() for x in CellMatrix(X, device).batches(batch_size)])
+
+
 def fine_tune(
     encoder: torch.nn.Module, embedding_dim: int,
     X_ref: np.ndarray | sp.spmatrix, ref_labels: np.ndarray,
     X_query: np.ndarray | sp.spmatrix, query_labels: np.ndarray,
     settings: FineTuneSettings, seed: int, device: torch.device | str = "cpu",
 ) -> dict[str, float]:
-    """Train a copy of ``encoder`` (cells -> ``embedding_dim``) with a classifier head on the reference
-    cells and return the scores of its query predictions, those of kNN label transfer.
-
-    The caller's encoder is left untouched, so one pretrained encoder serves every seed and task.
-    Mini-batches are shuffled each epoch and a last batch of one cell is skipped (BatchNorm cannot
-    train on it); the seed fixes the head's initial weights, dropout and the order of cells.
-    """
+    """Fine-tune ``encoder`` with a classifier head on the reference cell types; the scores of its query
+    predictions, those of kNN label transfer. ``class_weighted``: cross-entropy weighted by inverse class
+    frequency (sklearn's "balanced": every type weighs the same in total)."""
     types, codes = np.unique(np.asarray(ref_labels), return_inverse=True)
-    torch.manual_seed(seed)
-    network = torch.nn.Sequential(copy.deepcopy(encoder), torch.nn.Linear(embedding_dim, len(types))).to(device)
-    reference = CellMatrix(X_ref, device)
-    targets = torch.as_tensor(codes, device=device)
     weight = None
-    if settings.class_weighted:  # inverse class frequency (sklearn's "balanced"): every type weighs the same in total
+    if settings.class_weighted:
         balanced = compute_class_weight("balanced", classes=np.arange(len(types)), y=codes)
         weight = torch.as_tensor(balanced, dtype=torch.float32, device=device)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    order = torch.Generator(device="cpu").manual_seed(seed)
-
-    network.train()
-    for _ in range(settings.epochs):
-        permutation = torch.randperm(reference.n_cells, generator=order).to(device)
-        for batch in permutation.split(settings.batch_size):
-            if len(batch) < 2:
-                continue
-            loss = F.cross_entropy(network(reference.rows(batch)), targets[batch], weight=weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-    network.eval()
-    with torch.no_grad():
-        predicted = torch.cat([network(x).argmax(dim=1).cpu()
-                               for x in CellMatrix(X_query, device).batches(settings.batch_size)])
+    network = train_head(encoder, embedding_dim, len(types), X_ref,
+                         lambda output, target: F.cross_entropy(output, target, weight=weight),
+                         torch.as_tensor(codes, device=device), settings, seed, device)
+    predicted = predict(network, X_query, settings.batch_size, device).argmax(dim=1)
     return label_transfer_scores(types, query_labels, types[predicted.numpy()])
 
+
+def regress(
+    encoder: torch.nn.Module, embedding_dim: int, X_ref: np.ndarray | sp.spmatrix, Y_ref: np.ndarray | sp.spmatrix,
+    X_query: np.ndarray | sp.spmatrix, settings: FineTuneSettings, seed: int, device: torch.device | str = "cpu",
+    freeze: bool = False,
+) -> np.ndarray:
+    """Richter et al.'s cross-modality prediction: a linear regression head from ``encoder`` onto the other
+    modality ``Y_ref`` (MSE), trained on the reference cells (the encoder frozen, or fine-tuned with it);
+    the query's predicted other modality."""
+    targets = torch.as_tensor(np.asarray(Y_ref.todense() if sp.issparse(Y_ref) else Y_ref, dtype=np.float32),
+                              device=device)
+    network = train_head(encoder, embedding_dim, targets.shape[1], X_ref, F.mse_loss, targets, settings, seed,
+                         device, freeze)
+    return predict(network, X_query, settings.batch_size, device).numpy()

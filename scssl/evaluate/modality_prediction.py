@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 
@@ -33,8 +34,9 @@ def modality_prediction_scores(true, predicted: np.ndarray, binary: bool = False
     """How close the predicted other modality is to the measured one (both query cells x features).
 
     ``pearson`` (the paper's headline), ``pearson_min`` and ``pearson_max`` summarise the Pearson r between
-    each query cell's true and predicted feature vectors; ``feature_pearson`` is the mean over features of
-    the r across cells; ``rmse`` runs over all entries. A cell or feature whose true or predicted values are
+    each query cell's true and predicted feature vectors; ``spearman`` is the mean over cells of the
+    Spearman rank correlation (Richter et al.'s second score); ``feature_pearson`` is the mean over features
+    of the r across cells; ``mse`` and ``rmse`` run over all entries. A cell or feature whose true or predicted values are
     constant has no r and is left out of these summaries; with none left they are NaN. With ``binary``
     (accessibility), ``auroc`` scores the predictions as a ranking of the open (> 0) entries, NaN where the
     truth holds only one class.
@@ -49,7 +51,9 @@ def modality_prediction_scores(true, predicted: np.ndarray, binary: bool = False
         "pearson": _summary(np.mean, per_cell),
         "pearson_min": _summary(np.min, per_cell),
         "pearson_max": _summary(np.max, per_cell),
+        "spearman": _summary(np.mean, _defined(_row_pearson(rankdata(true, axis=1), rankdata(predicted, axis=1)))),
         "feature_pearson": _summary(np.mean, per_feature),
+        "mse": float(np.mean((true - predicted) ** 2)),
         "rmse": float(np.sqrt(np.mean((true - predicted) ** 2))),
     }
     if binary:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from scssl.data.prepare import DataError, PreparedDataset
 from scssl.evaluate.cell_typing import K_NEIGHBORS
-from scssl.stages import QUERY_TASKS
+from scssl.stages import MODALITY_TASKS, QUERY_TASKS
 
 MIN_CELLS = {
     # All cells: scib-metrics computes its metrics on each cell's 15, 50 and 90 nearest neighbours (the
@@ -44,10 +44,9 @@ def check_tasks(dataset: PreparedDataset, tasks: list[str], source: str, tunes: 
         if len(types) < 2:  # measured: cLISI, and so Bio and Total, come out as -inf
             raise DataError(f"{source}: batch_correction needs at least 2 cell types in "
                             f"obs[{dataset.labels_key!r}], data set {name!r} has 1 ({types[0]!r})", "labels_key")
-    if "modality_prediction" in tasks and dataset.other is None:
-        raise DataError(f"{source}: modality_prediction needs a second modality, and data set {name!r} has RNA "
-                        "only; give its `modality` (protein or ATAC), or use a multimodal built-in data set",
-                        "modality")
+    for task in [t for t in tasks if t in MODALITY_TASKS and dataset.other is None]:
+        raise DataError(f"{source}: {task} needs a second modality, and data set {name!r} has RNA only; give "
+                        "its `modality` (protein or ATAC), or use a multimodal built-in data set", "modality")
     for task in [t for t in tasks if t in QUERY_TASKS]:
         need, n_ref, n_query = MIN_CELLS["cell_typing"], len(dataset.reference_index), len(dataset.query_index)
         if n_ref < need:

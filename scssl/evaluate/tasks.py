@@ -10,6 +10,9 @@
   reference, predict each query cell's second modality (protein, or ATAC's binary accessibility) as the mean
   over its 5 cosine-nearest reference cells in the RNA embedding; per-cell Pearson r, per-feature r, RMSE
   (and AUROC for ATAC).
+- ``cross_modality_prediction`` (Richter; multimodal data, methods with a network): a linear regression head
+  (MSE) from the RNA encoder pretrained on the reference onto the second modality, trained on the reference
+  with the encoder frozen (``head_`` metrics) and fine-tuned with it; per-cell Pearson and Spearman, MSE.
 - With a pretraining data set (transfer), every task trains on its cells and scores this data set's, the
   floors still from this data set's reference.
 - ``fine_tuned_cell_typing`` (Richter): pretrain on the reference, fine-tune encoder + classifier head on
@@ -43,6 +46,7 @@ RECONSTRUCTION_METRICS = [
     "mse", "explained_variance", "explained_variance_weighted",
 ]
 FLOORS = ("mean_floor", "pca_floor")
+CROSS_MODALITY_METRICS = ["pearson", "spearman", "mse"]
 
 
 @dataclass
@@ -164,6 +168,25 @@ def modality_prediction(shared: SharedData, inputs: TaskInputs):
     return modality_prediction_scores(truth, predicted, binary=ds.other.kind == "atac"), embedding
 
 
+def cross_modality_prediction(shared: SharedData, inputs: TaskInputs):
+    from scssl.evaluate.fine_tuning import regress
+    from scssl.evaluate.modality_prediction import modality_prediction_scores
+
+    ds = shared.dataset
+    ref, query = ds.reference_index, ds.query_index
+    model = _fit(shared, inputs, "reference")
+    network = model.network
+    device = next(network.parameters()).device
+    truth = np.asarray(ds.other.X[query].todense(), dtype=np.float32)
+    metrics = {}
+    for prefix, freeze in (("head_", True), ("", False)):
+        predicted = regress(network.encoder, inputs.trial.params.embedding_dim, ds.X[ref], ds.other.X[ref],
+                            ds.X[query], inputs.fine_tuning, inputs.seed, device, freeze)
+        scores = modality_prediction_scores(truth, predicted)
+        metrics.update({f"{prefix}{k}": scores[k] for k in CROSS_MODALITY_METRICS})
+    return metrics, model.embed(ds.X)
+
+
 def fine_tuned_cell_typing(shared: SharedData, inputs: TaskInputs):
     import torch
 
@@ -206,6 +229,9 @@ TASKS: dict[str, TaskSpec] = {
         "mse", needs="reconstructs"),
     "modality_prediction": TaskSpec(
         modality_prediction, ["pearson", "feature_pearson", "rmse", "auroc", "pearson_min", "pearson_max"], "pearson"),
+    "cross_modality_prediction": TaskSpec(
+        cross_modality_prediction, CROSS_MODALITY_METRICS + [f"head_{m}" for m in CROSS_MODALITY_METRICS], "pearson",
+        needs="fine_tunable"),
     "fine_tuned_cell_typing": TaskSpec(
         fine_tuned_cell_typing, CELL_TYPING_METRICS + [f"scratch_{m}" for m in CELL_TYPING_METRICS], "macro_f1",
         needs="fine_tunable"),
@@ -214,4 +240,4 @@ TASKS: dict[str, TaskSpec] = {
 # what scoring a task depends on besides the embedding, so that changing it reruns the task's jobs
 EVALUATION = {"cell_typing": {"knn_k": K_NEIGHBORS}, "batch_correction": {"scib": BIO_METRICS + BATCH_METRICS},
               "reconstruction": {"metrics": TASKS["reconstruction"].metrics}, "fine_tuned_cell_typing": {},
-              "modality_prediction": {"knn_k": 5, "metric": "cosine"}}
+              "modality_prediction": {"knn_k": 5, "metric": "cosine"}, "cross_modality_prediction": {}}

@@ -35,6 +35,8 @@ HEADERS = {
     "pca_floor_masked_mse": "PCA floor: MSE (masked)", "pca_floor_mse": "PCA floor: MSE (all)",
     "pearson": "Pearson r per cell", "feature_pearson": "Pearson r per feature", "rmse": "RMSE",
     "auroc": "AUROC", "pearson_min": "Pearson r per cell (min)", "pearson_max": "Pearson r per cell (max)",
+    "spearman": "Spearman per cell", "head_pearson": "Frozen: Pearson r per cell",
+    "head_spearman": "Frozen: Spearman per cell", "head_mse": "Frozen: MSE",
 }
 # The summary's columns: (table, prefix of its columns in the summary, metric or rank, header).
 HEADLINE = [("batch_correction", "", m, HEADERS[m]) for m in AGGREGATES]
@@ -64,6 +66,11 @@ QUERY_TABLES = [
      "predicted as the mean over its 5 cosine-nearest reference cells in the RNA embedding (scSSL-Bench). "
      "Pearson r per cell across features (the paper's score; min and max over cells), per feature across "
      "cells, RMSE over all entries, AUROC for ATAC. Rank: by Pearson r per cell.", "pearson"),
+    ("cross_modality_prediction", "Cross-modality prediction by a regression head, query from reference",
+     "Mean ± std over seeds. A linear head (MSE) from the pretrained RNA encoder onto the second modality, "
+     "trained on the reference cells with the encoder fine-tuned, and ('Frozen') with the encoder fixed "
+     "(Richter et al.). Pearson r and Spearman per query cell across features, MSE over all entries. Rank: by "
+     "Pearson r per cell (fine-tuned).", "pearson"),
     ("reconstruction", "Gene-expression reconstruction of the query cells",
      "Mean ± std over seeds, on the log-normalised expression of the query cells. 'masked': the entries the "
      "method reconstructs without seeing them (its training-time masking, or an isolated strategy's target), "
