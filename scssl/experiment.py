@@ -20,10 +20,10 @@ from scssl.augment import AugmentationConfig
 from scssl.data import DatasetSpec, resolve
 from scssl.evaluate.settings import FineTuneSettings
 from scssl.methods import METHODS
-from scssl.settings import SAFE_NAME, SAFE_NAME_TEXT, ConfigError, Name, parse, read_yaml, settings
-from scssl.train import TrainSettings
 from scssl.search_space import SearchSpace, load_search_space, parse_search_space
+from scssl.settings import SAFE_NAME, SAFE_NAME_TEXT, ConfigError, Name, parse, read_yaml, settings
 from scssl.stages import HEAD_TASKS, QUERY_TASKS, FinalSettings, Task, TuneSettings
+from scssl.train import TrainSettings
 
 
 @settings

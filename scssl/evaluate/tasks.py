@@ -13,10 +13,11 @@
 - ``cross_modality_prediction`` (Richter; multimodal data, methods with a network): a linear regression head
   (MSE) from the RNA encoder pretrained on the reference onto the second modality, trained on the reference
   with the encoder frozen (``head_`` metrics) and fine-tuned with it; per-cell Pearson and Spearman, MSE.
-- With a pretraining data set (transfer), every task trains on its cells and scores this data set's, the
-  floors still from this data set's reference.
 - ``fine_tuned_cell_typing`` (Richter): pretrain on the reference, fine-tune encoder + classifier head on
   the reference labels, score the query; the same network trained from scratch is the ``scratch_`` twin.
+
+With a pretraining data set (transfer), every task trains on its cells and scores this data set's, the
+floors still from this data set's reference.
 
 A task a method cannot serve (reconstruction without a decoder, fine-tuning without a network) is not
 planned for it (``TaskSpec.serves``).
@@ -24,8 +25,8 @@ planned for it (``TaskSpec.serves``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np

@@ -22,11 +22,11 @@ from ray.tune.search.optuna import OptunaSearch
 from scssl.experiment import Experiment
 from scssl.interrupt import stop_reason
 from scssl.methods import get_method
-from scssl.tune.callback import MLflowTrialCallback
 from scssl.search_space import SearchSpace, config_key, trial_settings
-from scssl.tune.domains import grid_param_space, param_space
 from scssl.stages import TuneSettings
-from scssl.tune.tracking import CONFIG, TUNE_KEY, Tracker, digest
+from scssl.tune.callback import MLflowTrialCallback
+from scssl.tune.domains import grid_param_space, param_space
+from scssl.tune.tracking import CONFIG, Tracker, digest
 from scssl.tune.trainable import BATCH_METRIC, METRIC, MODE, NONFINITE, SCORE, TRIAL_ERROR, run_trial
 
 
