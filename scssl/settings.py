@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import yaml
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic_core import ArgsKwargs
 from pydantic.dataclasses import dataclass as _pydantic_dataclass
 from typing_extensions import Annotated
 
@@ -68,6 +69,20 @@ def read_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
     return data
+
+
+def with_preset(data: Any, key: str, presets: dict[str, dict]) -> Any:
+    """Raw settings ``data`` laid over the preset its ``key`` names (one level deep: a block given beside the
+    preset updates the preset's block); for a ``model_validator(mode="before")``. Built in Python
+    (``Params(preset=...)``) pydantic passes an ``ArgsKwargs``; an unknown name is left to the Literal check."""
+    if isinstance(data, ArgsKwargs) and not data.args:
+        data = data.kwargs or {}
+    if not isinstance(data, dict) or data.get(key) not in presets:
+        return data
+    merged = {name: dict(value) if isinstance(value, dict) else value for name, value in presets[data[key]].items()}
+    for name, value in data.items():
+        merged[name] = {**merged.get(name, {}), **value} if isinstance(value, dict) else value
+    return merged
 
 
 def as_dict(obj: Any) -> dict:

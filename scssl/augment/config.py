@@ -10,10 +10,9 @@ from dataclasses import field
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
-from pydantic_core import ArgsKwargs
 from typing_extensions import Annotated
 
-from scssl.settings import settings
+from scssl.settings import settings, with_preset
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 NonNegative = Annotated[float, Field(ge=0.0)]
@@ -126,17 +125,7 @@ class AugmentationConfig:
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
-        if isinstance(data, ArgsKwargs) and not data.args:  # built in Python: AugmentationConfig(preset=...)
-            return cls._apply_preset(data.kwargs or {})
-        if not isinstance(data, dict) or data.get("preset") is None:
-            return data
-        base = PRESETS.get(data["preset"])
-        if base is None:
-            return data  # the Literal check reports the unknown name
-        merged = {key: dict(value) for key, value in base.items()}
-        for key, value in data.items():
-            merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
-        return merged
+        return with_preset(data, "preset", PRESETS)
 
     @property
     def uses_neighbours(self) -> bool:

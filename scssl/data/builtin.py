@@ -50,16 +50,6 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
         description="Hao et al. 2021 PBMC CITE-seq subset, RNA: 1,200 cells x 500 genes, "
         "3 donors (p1_0, p3_0, p4_0), 8 cell types, raw counts in X. MIT (see PROVENANCE.md).",
     ),
-    "bmmc_cite": BuiltinDataset(
-        file="neurips2021_bmmc_cite_starter_rna.h5ad",
-        batch_key="batch",
-        labels_key="cell_type",
-        counts_layer="counts",
-        query_batches=("s1d2",),
-        description="The BMMC CITE-seq starter with its proteins: 600 cells, RNA 1,000 genes + 134 proteins "
-        "(raw counts in layers['counts'] of both files), 2 donors, 41 cell types. MIT (see PROVENANCE.md).",
-        modality=ModalitySpec(kind="protein", path="neurips2021_bmmc_cite_starter_adt.h5ad", counts_layer="counts"),
-    ),
     "pbmc_hao2021_cite": BuiltinDataset(
         file="hao2021_pbmc_cite_mosaic_scmidas.h5mu",
         batch_key="batch",
@@ -81,6 +71,12 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
         modality=ModalitySpec(kind="atac", path="neurips2021_bmmc_multiome_starter_atac.h5ad", counts_layer="counts"),
     ),
 }
+BUILTIN_DATASETS["bmmc_cite"] = dataclasses.replace(
+    BUILTIN_DATASETS["bmmc_cite_starter"],
+    description="The BMMC CITE-seq starter with its proteins: 600 cells, RNA 1,000 genes + 134 proteins (raw "
+    "counts in layers['counts'] of both files), 2 donors, 41 cell types. MIT (see PROVENANCE.md).",
+    modality=ModalitySpec(kind="protein", path="neurips2021_bmmc_cite_starter_adt.h5ad", counts_layer="counts"),
+)
 
 
 def resolve(spec: DatasetSpec, base_dir: Path) -> DatasetSpec:

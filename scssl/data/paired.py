@@ -26,9 +26,8 @@ class Modality:
     target: sp.csr_matrix
 
 
-def read_h5mu_mod(path: str | Path, mod: str, key: str) -> ad.AnnData:
-    """One modality of a ``.h5mu`` file, with the file's global obs columns added where the modality lacks them
-    (batch and label may be kept at either level)."""
+def read_h5mu(path: str | Path):
+    """A ``.h5mu`` file as a MuData; any file that is not one is a DataError (key ``path``) with the reason."""
     import mudata
 
     path = Path(path)
@@ -37,12 +36,17 @@ def read_h5mu_mod(path: str | Path, mod: str, key: str) -> ad.AnnData:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            data = mudata.read_h5mu(path)
+            return mudata.read_h5mu(path)
     except Exception as err:
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise DataError(f"{path}: not a readable .h5mu file ({reason})", "path") from None
+
+
+def modality_of(data, mod: str, source: str, key: str) -> ad.AnnData:
+    """Modality ``mod`` of MuData ``data`` (read from ``source``), with the file's global obs columns added where
+    the modality lacks them (batch and label may be kept at either level)."""
     if mod not in data.mod:
-        raise DataError(f"{path}: no modality {mod!r}; modalities are {list(data.mod)}", key)
+        raise DataError(f"{source}: no modality {mod!r}; modalities are {list(data.mod)}", key)
     adata = data.mod[mod].copy()
     shared = data.obs.reindex(adata.obs_names)
     for column in shared.columns:
@@ -82,13 +86,14 @@ def preprocess(spec: ModalitySpec, counts: sp.csr_matrix, features: np.ndarray, 
     return Modality("atac", features[peaks], sp.csr_matrix(tfidf(binary), dtype=np.float32), binary)
 
 
-def other_modality(spec: DatasetSpec) -> ad.AnnData:
-    """The second modality's AnnData of a resolved ``spec``."""
+def other_modality(spec: DatasetSpec, data=None) -> ad.AnnData:
+    """The second modality's AnnData of a resolved ``spec``: a modality of ``data``, the MuData of the data
+    set's ``.h5mu``, or its own ``.h5ad``."""
     from scssl.data.prepare import read_h5ad
 
     modality = spec.modality
     if modality.mod is not None:
-        return read_h5mu_mod(spec.path, modality.mod, "modality.mod")
+        return modality_of(data, modality.mod, spec.path, "modality.mod")
     try:
         return read_h5ad(modality.path)
     except DataError as err:

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from scssl.data.paired import Modality, other_modality, pair_cells, preprocess, read_h5mu_mod
+from scssl.data.paired import Modality, modality_of, other_modality, pair_cells, preprocess, read_h5mu
 from scssl.data.spec import DataError, DatasetSpec
 
 REFERENCE, QUERY = "reference", "query"
@@ -63,6 +63,11 @@ class PreparedDataset:
     @property
     def query_index(self) -> np.ndarray:
         return np.flatnonzero(self.obs["split"].to_numpy() == QUERY)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Each cell's type, as text."""
+        return self.obs["label"].to_numpy().astype(str)
 
     @property
     def label_codes(self) -> np.ndarray:
@@ -123,11 +128,12 @@ def prepare(spec: DatasetSpec, adata: ad.AnnData | None = None, genes: np.ndarra
     ``genes`` (a pretraining data set's), its columns are those genes by name instead of its own HVGs:
     each cell normalised over its own genes, a pretraining gene it lacks all zero."""
     source = spec.path
+    multimodal = read_h5mu(spec.path) if spec.path.endswith(".h5mu") else None  # read once, for both modalities
     if adata is None:
-        adata = read_h5mu_mod(spec.path, spec.rna_mod, "rna_mod") if spec.path.endswith(".h5mu") else read_h5ad(spec.path)
+        adata = read_h5ad(spec.path) if multimodal is None else modality_of(multimodal, spec.rna_mod, source, "rna_mod")
     paired_notes, other = [], None
     if spec.modality is not None:
-        adata, other, paired_notes = pair_cells(adata, other_modality(spec), spec.modality.kind)
+        adata, other, paired_notes = pair_cells(adata, other_modality(spec, multimodal), spec.modality.kind)
     for what, key in (("batch_key", spec.batch_key), ("labels_key", spec.labels_key)):
         if key not in adata.obs:
             raise DataError(

@@ -125,7 +125,7 @@ def _fit(shared: SharedData, inputs: TaskInputs, cells: str):
 def batch_correction(shared: SharedData, inputs: TaskInputs):
     ds = shared.dataset
     embedding = _fit(shared, inputs, "all").embed(ds.X)
-    labels = ds.obs["label"].to_numpy().astype(str)
+    labels = ds.labels
     return scib_scores(embedding, ds.obs["batch"].to_numpy(), labels, shared.pre_integration,
                        n_jobs=inputs.threads), embedding
 
@@ -133,7 +133,7 @@ def batch_correction(shared: SharedData, inputs: TaskInputs):
 def cell_typing(shared: SharedData, inputs: TaskInputs):
     ds = shared.dataset
     embedding = _fit(shared, inputs, "reference").embed(ds.X)
-    labels = ds.obs["label"].to_numpy().astype(str)
+    labels = ds.labels
     ref, query = ds.reference_index, ds.query_index
     return knn_cell_typing(embedding[ref], labels[ref], embedding[query], labels[query]), embedding
 
@@ -144,17 +144,17 @@ def reconstruction(shared: SharedData, inputs: TaskInputs):
     ds = shared.dataset
     ref, query = ds.reference_index, ds.query_index
     model = _fit(shared, inputs, "reference")
+    embedding = model.embed(ds.X)
     made = model.reconstruct(ds.X[query], seed=inputs.seed)
-    n_components = model.embed(ds.X[query[:2]]).shape[1]
-    floors = {"mean_floor": mean_reconstruction(ds.X[ref], len(query)),
-              "pca_floor": pca_reconstruction(ds.X[ref], made.inputs, n_components, seed=inputs.seed)}
+    floors = {"mean_floor": mean_reconstruction(ds.X[ref], len(query)),  # PCA: as many components as the embedding
+              "pca_floor": pca_reconstruction(ds.X[ref], made.inputs, embedding.shape[1], seed=inputs.seed)}
     genes = slice(None) if ds.missing_genes is None else ~ds.missing_genes  # a gene the data lacks: not scored
     target = np.asarray(ds.X[query].todense(), dtype=np.float32)[:, genes]
     scored = None if made.scored is None else made.scored[:, genes]
     metrics = reconstruction_scores(target, made.x_hat[:, genes], scored)
     for name, x_hat in floors.items():
         metrics.update({f"{name}_{k}": v for k, v in reconstruction_scores(target, x_hat[:, genes], scored).items()})
-    return metrics, model.embed(ds.X)
+    return metrics, embedding
 
 
 def modality_prediction(shared: SharedData, inputs: TaskInputs):
@@ -195,7 +195,7 @@ def fine_tuned_cell_typing(shared: SharedData, inputs: TaskInputs):
 
     ds = shared.dataset
     ref, query = ds.reference_index, ds.query_index
-    labels = ds.obs["label"].to_numpy().astype(str)
+    labels = ds.labels
     model = _fit(shared, inputs, "reference")
     network = model.network
     device = next(network.parameters()).device

@@ -20,12 +20,11 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Protocol
 import numpy as np
 import torch
 from pydantic import Field, model_validator
-from pydantic_core import ArgsKwargs
 from torch import nn
 from typing_extensions import Annotated
 
 from scssl.methods.mechanics import cosine_schedule, ema_update
-from scssl.settings import settings
+from scssl.settings import settings, with_preset
 
 if TYPE_CHECKING:
     import scipy.sparse as sp
@@ -67,11 +66,7 @@ class EncoderParams:
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
-        if isinstance(data, ArgsKwargs) and not data.args:  # built in Python: Params(encoder_preset=...)
-            return cls._apply_preset(data.kwargs or {})
-        if not isinstance(data, dict) or data.get("encoder_preset") not in ENCODER_PRESETS:
-            return data  # no preset, or an unknown one (the Literal check reports it)
-        return {**ENCODER_PRESETS[data["encoder_preset"]], **data}
+        return with_preset(data, "encoder_preset", ENCODER_PRESETS)
 
 
 @settings

@@ -127,8 +127,6 @@ class TrainedNetwork:
 
     def __init__(self, network: SSLMethod):
         self.network = network
-        self.reconstructs = network.reconstructs
-        self.fine_tunable = network.fine_tunable
 
     def embed(self, X: np.ndarray | sp.spmatrix) -> np.ndarray:
         return embed(self.network, X)
