@@ -24,6 +24,8 @@ def _methods() -> None:
 
     for name, cls in METHODS.items():
         kind = "SSL method" if cls.trainable else "baseline, fits by itself"
+        if cls.modality is not None:
+            kind += ", multimodal data only" if cls.modality == "any" else f", RNA + {cls.modality} data only"
         print(f"{name} ({kind}): {cls.__doc__.strip().splitlines()[0] if cls.__doc__ else ''}")
         for key, value in as_dict(cls.Params()).items():
             print(f"    {key} = {value}")

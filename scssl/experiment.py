@@ -113,6 +113,8 @@ def load_experiment(path: str | Path, output_dir: str | None = None, tracking_ur
     if len(set(labels)) != len(labels):
         raise ConfigError(f"{path}: datasets: give each data set a distinct `id`, got {labels}")
     _check_pretraining(datasets, path)
+    _check_modalities(config.methods, datasets, path)
+    _check_objective(config, datasets, path)
     for task in [t for t in config.tasks if t in QUERY_TASKS]:
         for i, spec in enumerate(datasets):
             if not spec.query_batches:
@@ -154,6 +156,34 @@ def _check_pretraining(datasets: list[DatasetSpec], path: Path) -> None:
         if by_label[spec.pretrain].pretrain is not None:
             raise ConfigError(f"{where}: {spec.pretrain!r} is itself pretrained on another data set; "
                               "pretrain on a data set of its own cells")
+
+
+def _check_modalities(methods: list[str], datasets: list[DatasetSpec], path: Path) -> None:
+    """A method that needs a second modality (scCLIP, totalVI, MultiVI) needs it in every data set."""
+    for name in methods:
+        needs = METHODS[name].modality
+        for i, spec in enumerate(datasets):
+            has = None if spec.modality is None else spec.modality.kind
+            if needs is not None and (has is None or needs not in ("any", has)):
+                what = "a second modality (protein or ATAC)" if needs == "any" else f"{needs} data beside the RNA"
+                raise ConfigError(f"{path}: methods: {name} needs {what}, and datasets.{i} ({spec.label!r}) has "
+                                  f"{'RNA only' if has is None else f'RNA and {has}'}; leave {name} out or give "
+                                  "the data set a `modality`")
+
+
+def _check_objective(config: ExperimentConfig, datasets: list[DatasetSpec], path: Path) -> None:
+    """The tuning objective must be one every tuned method can be scored by on every data set."""
+    objective = config.tune.objective
+    if objective == "modality_prediction":
+        for i, spec in enumerate(datasets):
+            if spec.modality is None:
+                raise ConfigError(f"{path}: tune.objective: modality_prediction needs a second modality, and "
+                                  f"datasets.{i} ({spec.label!r}) has RNA only")
+    if objective == "reconstruction":
+        cannot = [m for m in config.methods if METHODS[m].trainable and not METHODS[m].reconstructs]
+        if cannot:
+            raise ConfigError(f"{path}: tune.objective: reconstruction scores methods that reconstruct their "
+                              f"input, and {cannot} do not; tune them in another experiment")
 
 
 def _check_sections_used(raw: dict, config: ExperimentConfig, path: Path) -> None:

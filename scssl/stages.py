@@ -20,11 +20,14 @@ class TuneSettings:
     (seeded), or ``grid`` (every combination of the search space's ``choice`` values, ``num_samples``
     times). ASHA stops the weak trials after ``grace_period`` epochs, keeping 1 / ``reduction_factor``
     at each rung.
-    The objective is the kNN accuracy (k = 11) of the cell types of a fixed ``validation_fraction`` of
-    reference cells (at most ``validation_max_cells``), classified by the other reference cells, after
-    each epoch. With ``multi_objective`` the search also maximises the batch mixing of those cells (1 -
-    kNN accuracy of their batch) and the study reports the Pareto front of the two; ASHA then stops
-    trials on 0.6 x cell-type accuracy + 0.4 x batch mixing (scIB's weights).
+    The ``objective`` is scored after each epoch on a fixed ``validation_fraction`` of reference cells (at
+    most ``validation_max_cells``), by the other reference cells: ``cell_typing``, the kNN accuracy (k = 11)
+    of their cell types; ``batch_correction``, 0.6 x that + 0.4 x their batch mixing (1 - kNN accuracy of
+    their batch; scIB's weights); ``modality_prediction``, the mean per-cell Pearson r of their second
+    modality predicted from their 5 cosine-nearest other reference cells in the RNA embedding;
+    ``reconstruction``, the explained variance of their masked entries (methods that reconstruct). With
+    ``multi_objective`` (cell typing only) the search maximises cell-type accuracy and batch mixing and the
+    study reports the Pareto front of the two; ASHA then stops trials on the 0.6 / 0.4 score.
     A crashing trial is retried up to ``max_retries`` times; a trial whose loss is NaN is not.
     With ``reuse_actors`` a finished trial's worker process runs the next trial, which saves the seconds
     a new worker spends importing torch and scssl; a worker that starts first then takes more of a
@@ -34,6 +37,7 @@ class TuneSettings:
 
     num_samples: Annotated[int, Field(ge=1)] = 8
     search: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
+    objective: Literal["cell_typing", "batch_correction", "modality_prediction", "reconstruction"] = "cell_typing"
     multi_objective: bool = False
     seed: int = 0
     max_retries: Annotated[int, Field(ge=0)] = 1
@@ -45,6 +49,11 @@ class TuneSettings:
     reuse_actors: bool = True
     validation_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
     validation_max_cells: Annotated[int, Field(ge=10)] = 2000
+
+    def __post_init__(self) -> None:
+        if self.multi_objective and self.objective != "cell_typing":
+            raise ValueError("multi_objective pairs cell-type accuracy with batch mixing: it needs objective: "
+                             f"cell_typing, not {self.objective}")
 
 
 Task = Literal["batch_correction", "cell_typing", "reconstruction", "fine_tuned_cell_typing", "modality_prediction",

@@ -5,9 +5,11 @@ from scssl.methods import METHODS
 def test_methods_lists_every_method_with_parameters_and_defaults(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
-    for name in ("pca", "simclr", "moco", "simsiam", "nnclr", "byol", "barlow_twins", "vicreg", "mae"):
+    names = ("pca", "simclr", "moco", "simsiam", "nnclr", "byol", "barlow_twins", "vicreg", "mae", "scclip")
+    for name in names:
         assert f"{name} (" in out
-    assert len(METHODS) == 9
+    assert len(METHODS) == len(names)
+    assert "scclip (SSL method, multimodal data only)" in out
     assert "    memory_size = 2048" in out and "    lambda_offdiag = 0.005" in out
     assert "    momentum_start = 0.996" in out and "    temperature = 0.5" in out
 

@@ -9,6 +9,7 @@ import yaml
 from torch import nn
 
 from scssl.augment import AugmentationConfig
+from scssl.data import Cells
 from scssl.evaluate import FineTuneSettings, SharedData, TASKS, TaskInputs
 from scssl.experiment import load_experiment
 from scssl.methods import MAE, METHODS, PCABaseline, SimCLR
@@ -56,7 +57,7 @@ def test_a_training_step_hides_what_the_mask_says(prepared):
 
 def test_the_hallmark_programmes_mask_whole_programmes_of_real_genes(bmmc):
     params = MAE.Params(embedding_dim=8, masking="gene_program", gene_programs="hallmark", mask_rate=0.1)
-    model = train(MAE, params, bmmc.X, TrainSettings(epochs=1, batch_size=128), genes=bmmc.genes)
+    model = train(MAE, params, Cells(bmmc.X, bmmc.genes), TrainSettings(epochs=1, batch_size=128))
     programmes = model.masker.membership
     _, scored = model.reconstruct(torch.rand(4, bmmc.X.shape[1]), torch.Generator().manual_seed(0))
     assert torch.equal(scored[0], scored[3])  # one draw for the whole batch

@@ -94,7 +94,7 @@ def test_a_resumed_stage_knows_the_finished_trials_that_trained_all_epochs():
     last_epoch = {runs[0].info.run_id: 4, runs[1].info.run_id: 2}  # the second one ASHA stopped
     client = SimpleNamespace(get_metric_history=lambda run_id, _: [SimpleNamespace(step=s) for s in
                                                                     range(1, last_epoch[run_id] + 1)])
-    known = _final_results(SimpleNamespace(client=client), runs, SPACE, 4)
+    known = _final_results(SimpleNamespace(client=client), runs, SPACE, 4, ["val_knn_accuracy"])
     assert known == {'{"method/temperature": 0.5}': {"val_knn_accuracy": 0.8}}
 
 

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from scssl.augment import AugmentationConfig
+from scssl.data import Cells
 from scssl.methods import PCABaseline, SimCLR
-from scssl.train import NonFiniteLossError, TrainSettings, embed, fit_embedding, train
+from scssl.train import NonFiniteLossError, TrainSettings, embed, fit, train
 
 
 def test_training_reports_every_epoch_and_is_reproducible(prepared):
@@ -48,15 +49,15 @@ def test_non_finite_loss_stops_training():
         train(SimCLR, SimCLR.Params(embedding_dim=4), X, TrainSettings(epochs=2), AugmentationConfig())
 
 
-def test_fit_embedding_pca_baseline_and_ssl(prepared):
+def test_fit_pca_baseline_and_ssl(prepared):
     ref, query = prepared.reference_index, prepared.query_index
-    out = fit_embedding("pca", PCABaseline.Params(n_components=5), prepared.X[ref],
-                        {"ref": prepared.X[ref], "query": prepared.X[query]}, TrainSettings(), AugmentationConfig(),
-                        seed=0)
-    assert out["ref"].shape == (len(ref), 5) and out["query"].shape == (len(query), 5)
-    out = fit_embedding("simclr", SimCLR.Params(embedding_dim=6), prepared.X[ref], {"q": prepared.X[query]},
-                        TrainSettings(epochs=1), AugmentationConfig(), seed=0)
-    assert out["q"].shape == (len(query), 6)
+    model = fit("pca", PCABaseline.Params(n_components=5), prepared.cells(ref), TrainSettings(), AugmentationConfig(),
+                seed=0)
+    assert model.embed(prepared.cells(ref)).shape == (len(ref), 5)
+    assert model.embed(prepared.cells(query)).shape == (len(query), 5)
+    model = fit("simclr", SimCLR.Params(embedding_dim=6), prepared.cells(ref), TrainSettings(epochs=1),
+                AugmentationConfig(), seed=0)
+    assert model.embed(prepared.cells(query)).shape == (len(query), 6)
 
 
 def test_training_with_neighbour_augmentations(prepared):
@@ -67,8 +68,8 @@ def test_training_with_neighbour_augmentations(prepared):
     graph = build_neighbour_graph(X, prepared.obs["batch"].to_numpy()[prepared.reference_index])
     augment = parse(AugmentationConfig, {"preset": "our_pipeline", "bbknn": {"prob": 0.5}}, "test")
     reports = []
-    train(SimCLR, SimCLR.Params(embedding_dim=8), X, TrainSettings(epochs=2, batch_size=64), augment,
-          on_epoch=lambda m, r: reports.append(r.loss), graph=graph)
+    train(SimCLR, SimCLR.Params(embedding_dim=8), Cells(X, graph=graph), TrainSettings(epochs=2, batch_size=64),
+          augment, on_epoch=lambda m, r: reports.append(r.loss))
     assert len(reports) == 2 and all(np.isfinite(reports))
     with pytest.raises(ValueError, match="NeighbourGraph"):
         train(SimCLR, SimCLR.Params(embedding_dim=8), X, TrainSettings(epochs=1), augment)

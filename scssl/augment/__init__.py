@@ -6,7 +6,7 @@ The settings load at once; the ops (torch, numba) and neighbour graphs (sklearn)
 from scssl import lazy_exports
 from scssl.augment.config import (
     ORDER, PRESETS, AugmentationConfig, BatchBalancedMixing, CrossOver, Dropout, GaussianNoise, InnerSwap, Masking,
-    NegativeBinomialNoise, NeighbourMixing,
+    NegativeBinomialNoise, NeighbourMixing, ViewAugmentations,
 )
 
 __getattr__ = lazy_exports(__name__, {
@@ -21,5 +21,5 @@ __all__ = [
     "ORDER", "PRESETS", "AugmentationConfig", "Augmenter", "BatchBalancedMixing", "bernoulli_flat", "bernoulli_grid", "CrossOver", "Dropout",
     "GaussianNoise", "InnerSwap", "Masking", "NegativeBinomialNoise", "NeighbourGraph", "NeighbourMixing",
     "build_neighbour_graph", "crossover", "dropout", "gaussian_noise", "inner_swap", "mix",
-    "negative_binomial_noise", "random_mask",
+    "negative_binomial_noise", "random_mask", "ViewAugmentations",
 ]

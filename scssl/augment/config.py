@@ -104,12 +104,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 @settings
-class AugmentationConfig:
-    """The augmentations of each view, applied in ``ORDER``. Defaults: scSSL-Bench's clear_pipeline.
+class ViewAugmentations:
+    """The augmentations of each view of one modality, applied in ``ORDER``. Defaults: scSSL-Bench's
+    clear_pipeline.
 
     ``bbknn`` mixes a cell with one of its batch-balanced neighbours (``knn`` nearest in each batch);
     ``mnn`` gives view 1 a mix with a within-batch neighbour and view 2 a mix of one of the cell's
-    mutual nearest neighbours in another batch with that partner's own neighbour (CLAIRE-style).
+    mutual nearest neighbours in another batch with that partner's own neighbour (CLAIRE-style). The
+    neighbours come from the RNA, for either modality.
     """
 
     preset: Literal["clear_pipeline", "base", "our_pipeline"] | None = None
@@ -130,6 +132,18 @@ class AugmentationConfig:
     @property
     def uses_neighbours(self) -> bool:
         return self.bbknn.prob > 0 or self.mnn.prob > 0
+
+
+@settings
+class AugmentationConfig(ViewAugmentations):
+    """The RNA's augmentations and, on multimodal data, the second modality's own (``other``, with its own
+    ``preset`` and keys; unset: the same as the RNA's), each modality augmented independently."""
+
+    other: ViewAugmentations | None = None
+
+    @property
+    def uses_neighbours(self) -> bool:
+        return super().uses_neighbours or (self.other is not None and self.other.uses_neighbours)
 
 
 # The order in which a view's augmentations are applied.

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from scssl.augment.config import AugmentationConfig
+from scssl.augment.config import ViewAugmentations
 from scssl.augment.neighbours import NeighbourGraph
 
 
@@ -254,7 +254,7 @@ def mix(x: torch.Tensor, partner: torch.Tensor, alpha: float, mode: str, rng: Ra
 
 
 class Augmenter:
-    """Makes the two views of a mini-batch from an ``AugmentationConfig``, reproducibly per seed.
+    """Makes the two views of a mini-batch from ``ViewAugmentations``, reproducibly per seed.
 
     Neighbour augmentations need ``rows`` (a function from cell indices to their dense rows, such as
     ``CellMatrix.rows``) and a ``NeighbourGraph`` of the same cells; the mini-batch's cell indices are
@@ -267,7 +267,7 @@ class Augmenter:
     have the same semantics; a seed gives the same views with the same choice.
     """
 
-    def __init__(self, config: AugmentationConfig, device: torch.device | str = "cpu", seed: int = 0,
+    def __init__(self, config: ViewAugmentations, device: torch.device | str = "cpu", seed: int = 0,
                  rows=None, graph: NeighbourGraph | None = None, compiled: bool | None = None):
         if config.uses_neighbours and (rows is None or graph is None):
             raise ValueError("BBKNN and MNN augmentations need the cells' rows and a NeighbourGraph")

@@ -8,12 +8,12 @@ from scssl.data.builtin import BUILTIN_DATASETS, resolve
 from scssl.data.spec import DatasetSpec
 
 __getattr__ = lazy_exports(__name__, {
-    "cells": ["CellMatrix"],
+    "cells": ["CellMatrix", "Cells"],
     "prepare": ["DataError", "PreparedDataset", "prepare", "read_h5ad"],
     "synthetic": ["make_synthetic"],
 })
 
 __all__ = [
-    "BUILTIN_DATASETS", "CellMatrix", "DataError", "DatasetSpec", "PreparedDataset",
+    "BUILTIN_DATASETS", "CellMatrix", "Cells", "DataError", "DatasetSpec", "PreparedDataset",
     "make_synthetic", "prepare", "read_h5ad", "resolve",
 ]

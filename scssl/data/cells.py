@@ -1,10 +1,17 @@
-"""Cells on the training device, cut into dense float32 mini-batches."""
+"""Cells as methods see them (``Cells``), and on the training device, cut into dense float32 mini-batches
+(``CellMatrix``)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+if TYPE_CHECKING:
+    from scssl.augment import NeighbourGraph
 
 
 class CellMatrix:
@@ -50,3 +57,37 @@ class CellMatrix:
         """Consecutive dense mini-batches over all cells, in order (for embedding)."""
         for start in range(0, self.n_cells, batch_size):
             yield self.rows(torch.arange(start, min(start + batch_size, self.n_cells), device=self.device))
+
+
+@dataclass
+class Cells:
+    """Cells as a method trains on or embeds them.
+
+    ``X`` is the log-normalised expression of the data set's genes (``genes``); ``counts`` the raw counts
+    of the same genes (for methods with a count likelihood); ``batch_codes`` integer batches. With a second
+    modality (``other_kind`` protein or atac), ``other`` is what a network sees of it (CLR / log1p protein,
+    TF-IDF peaks) and ``other_counts`` its raw counts (peaks: binary). ``graph`` is the cells' neighbour
+    graph, for the BBKNN and MNN augmentations (training only).
+    """
+
+    X: np.ndarray | sp.spmatrix
+    genes: np.ndarray | None = None
+    batch_codes: np.ndarray | None = None
+    graph: NeighbourGraph | None = None
+    counts: sp.spmatrix | None = None
+    other: sp.spmatrix | None = None
+    other_counts: sp.spmatrix | None = None
+    other_kind: str | None = None
+
+    @property
+    def n_cells(self) -> int:
+        return self.X.shape[0]
+
+    def subset(self, rows: np.ndarray) -> "Cells":
+        """These cells' ``rows``, without a graph (its rows would no longer match)."""
+
+        def cut(matrix):
+            return None if matrix is None else matrix[rows]
+
+        return Cells(self.X[rows], self.genes, cut(self.batch_codes), None, cut(self.counts), cut(self.other),
+                     cut(self.other_counts), self.other_kind)

@@ -18,12 +18,14 @@ from scssl.data.spec import DataError, DatasetSpec, ModalitySpec
 @dataclass
 class Modality:
     """A preprocessed second modality, rows in the data set's cell order: ``X`` what a method sees, ``target``
-    what missing-modality prediction predicts (protein: ``X``; ATAC: the binary accessibility)."""
+    what missing-modality prediction predicts (protein: ``X``; ATAC: the binary accessibility), ``counts`` the
+    raw counts of its features (for methods with a count likelihood)."""
 
     kind: str
     features: np.ndarray
     X: sp.csr_matrix
     target: sp.csr_matrix
+    counts: sp.csr_matrix
 
 
 def read_h5mu(path: str | Path):
@@ -80,10 +82,11 @@ def preprocess(spec: ModalitySpec, counts: sp.csr_matrix, features: np.ndarray, 
     if spec.kind == "protein":
         X = clr(counts) if spec.normalisation == "clr" else log_normalise(counts)
         X = sp.csr_matrix(X, dtype=np.float32)
-        return Modality("protein", features, X, X)
+        return Modality("protein", features, X, X, sp.csr_matrix(counts, dtype=np.float32))
     peaks = top_features_by_count(counts[is_reference], spec.n_features)
     binary = sp.csr_matrix(binarise(counts[:, peaks]), dtype=np.float32)
-    return Modality("atac", features[peaks], sp.csr_matrix(tfidf(binary), dtype=np.float32), binary)
+    return Modality("atac", features[peaks], sp.csr_matrix(tfidf(binary), dtype=np.float32), binary,
+                    sp.csr_matrix(counts[:, peaks], dtype=np.float32))
 
 
 def other_modality(spec: DatasetSpec, data=None) -> ad.AnnData:

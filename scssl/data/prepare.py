@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from scssl.data.cells import Cells
 from scssl.data.paired import Modality, modality_of, other_modality, pair_cells, preprocess, read_h5mu
 from scssl.data.spec import DataError, DatasetSpec
 
@@ -39,7 +40,8 @@ class PreparedDataset:
     ``obs`` has the categorical columns ``batch``, ``label`` and ``split``; ``notes`` says, one line
     each, what ``prepare`` dropped from the file. Aligned to another data set's genes (transfer),
     ``missing_genes`` marks the columns this file lacks (all zero). ``other`` is the second modality of
-    multimodal data (its rows are these cells).
+    multimodal data (its rows are these cells). ``counts`` holds the raw counts of ``X``'s genes (zero
+    where a gene is missing), for methods with a count likelihood.
     """
 
     id: str
@@ -51,6 +53,7 @@ class PreparedDataset:
     notes: list[str] = field(default_factory=list)
     missing_genes: np.ndarray | None = None
     other: Modality | None = None
+    counts: sp.csr_matrix | None = None
 
     @property
     def n_cells(self) -> int:
@@ -94,6 +97,14 @@ class PreparedDataset:
         for blob in [p.tobytes() for p in parts] + ["\x1f".join(map(str, t)).encode() for t in texts]:
             digest.update(len(blob).to_bytes(8, "little") + blob)  # the length keeps parts from running together
         return digest.hexdigest()[:16]
+
+    def cells(self, rows: np.ndarray | None = None) -> Cells:
+        """The data set's cells (or its ``rows``) as a method trains on or embeds them."""
+        other = self.other
+        cells = Cells(self.X, self.genes, self.batch_codes, counts=self.counts,
+                      other=None if other is None else other.X, other_counts=None if other is None else other.counts,
+                      other_kind=None if other is None else other.kind)
+        return cells if rows is None else cells.subset(rows)
 
     def to_anndata(self) -> ad.AnnData:
         """The preprocessed cells, with the user's own key names for batch and label."""
@@ -181,7 +192,7 @@ def prepare(spec: DatasetSpec, adata: ad.AnnData | None = None, genes: np.ndarra
 
     import scanpy as sc  # only now: it takes seconds, bad data fails sooner, and trial workers only unpickle
 
-    cells = ad.AnnData(X=counts, obs=pd.DataFrame({"batch": batch.to_numpy()}, index=names))
+    cells = ad.AnnData(X=counts.copy(), obs=pd.DataFrame({"batch": batch.to_numpy()}, index=names))
     cells.var_names = adata.var_names[has_counts].astype(str)
     sc.pp.normalize_total(cells, target_sum=1e4)
     sc.pp.log1p(cells)
@@ -189,8 +200,11 @@ def prepare(spec: DatasetSpec, adata: ad.AnnData | None = None, genes: np.ndarra
     if genes is None:
         genes = select_hvgs(cells[~is_query].copy(), spec.n_hvgs)
         X = sp.csr_matrix(cells[:, genes].X, dtype=np.float32)
+        gene_counts = sp.csr_matrix(counts[:, cells.var_names.get_indexer(genes)], dtype=np.float32)
     else:
         X, missing = _aligned(cells, np.asarray(genes), source)
+        gene_counts, _ = _aligned(ad.AnnData(counts, var=pd.DataFrame(index=cells.var_names)), np.asarray(genes),
+                                  source)
         notes.append(f"{int(missing.sum())} of the {len(genes)} pretraining genes are not in this data set: "
                      "their columns are zero")
 
@@ -206,7 +220,7 @@ def prepare(spec: DatasetSpec, adata: ad.AnnData | None = None, genes: np.ndarra
     if other is not None:
         second = preprocess(spec.modality, other_counts, np.asarray(other.var_names.astype(str)), ~is_query)
     return PreparedDataset(spec.label, X, np.asarray(genes), obs, spec.batch_key, spec.labels_key, notes, missing,
-                           second)
+                           second, gene_counts)
 
 
 def _aligned(cells: ad.AnnData, genes: np.ndarray, source: str) -> tuple[sp.csr_matrix, np.ndarray]:

@@ -2,14 +2,18 @@
 
 - ``batch_correction`` (scSSL-Bench): train on all cells, scIB metrics of the embedding.
 - ``cell_typing`` (scSSL-Bench; Richter's zero-shot row): train on the reference cells, kNN label transfer
-  to the query.
+  to the query. On multimodal data also from the RNA embedding alone (``rna_`` metrics).
 - ``reconstruction`` (Richter): train on the reference, reconstruct the query cells (masked as in training),
   MSE and explained variance on the hidden entries and on all; floors: the per-gene mean of the reference
   and a PCA of the reference with as many components as the embedding, from the same inputs.
 - ``modality_prediction`` (scSSL-Bench's missing-modality prediction; multimodal data): train on the
   reference, predict each query cell's second modality (protein, or ATAC's binary accessibility) as the mean
   over its 5 cosine-nearest reference cells in the RNA embedding; per-cell Pearson r, per-feature r, RMSE
-  (and AUROC for ATAC).
+  (and AUROC for ATAC). A method that predicts the modality itself (totalVI, MultiVI) adds its own
+  prediction from the query's RNA (``model_`` metrics).
+
+On multimodal data the embedding of every task but modality prediction is the method's evaluation
+embedding (by default joint: both modalities); methods train on both modalities where they can.
 - ``cross_modality_prediction`` (Richter; multimodal data, methods with a network): a linear regression head
   (MSE) from the RNA encoder pretrained on the reference onto the second modality, trained on the reference
   with the encoder frozen (``head_`` metrics) and fine-tuned with it; per-cell Pearson and Spearman, MSE.
@@ -27,19 +31,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from scssl.augment import NeighbourGraph, build_neighbour_graph
-from scssl.data import PreparedDataset
+from scssl.data import Cells, PreparedDataset
 from scssl.evaluate.batch_correction import AGGREGATES, BATCH_METRICS, BIO_METRICS, scib_scores
 from scssl.evaluate.cell_typing import K_NEIGHBORS, knn_cell_typing, validation_split
 from scssl.evaluate.settings import FineTuneSettings
 from scssl.methods import PCABaseline, get_method
 from scssl.search_space import TrialSettings
 from scssl.stages import TuneSettings
-from scssl.train import TrainingData, fit
+from scssl.train import fit
 
 CELL_TYPING_METRICS = ["macro_f1", "accuracy", "macro_f1_all", "accuracy_all"]
 RECONSTRUCTION_METRICS = [
@@ -48,6 +52,7 @@ RECONSTRUCTION_METRICS = [
 ]
 FLOORS = ("mean_floor", "pca_floor")
 CROSS_MODALITY_METRICS = ["pearson", "spearman", "mse"]
+MODALITY_PREDICTION_METRICS = ["pearson", "feature_pearson", "rmse", "auroc", "pearson_min", "pearson_max"]
 
 
 @dataclass
@@ -78,7 +83,8 @@ class SharedData:
             dataset.label_codes[reference], tune_settings.validation_fraction,
             tune_settings.validation_max_cells, tune_settings.seed,
         )
-        pre = PCABaseline(PCABaseline.Params(n_components=50)).fit(dataset.X).embed(dataset.X)
+        cells = dataset.cells()
+        pre = PCABaseline(PCABaseline.Params(n_components=50)).fit(cells).embed(cells)
         if not with_graphs:
             return cls(dataset, is_validation, pre, pretrain=pretrain)
 
@@ -88,17 +94,15 @@ class SharedData:
         return cls(dataset, is_validation, pre, graph(dataset, reference), graph(dataset), pretrain,
                    graph(pretrain) if pretrain is not None else None)
 
-    def training_data(self, cells: str) -> TrainingData:
+    def training_data(self, cells: str) -> Cells:
         """The ``reference`` cells or ``all`` cells as a method trains on them; with a pretraining data set,
         all of its cells whatever the task."""
         if self.pretrain is not None:
-            ds = self.pretrain
-            return TrainingData(ds.X, ds.genes, ds.batch_codes, self.pretrain_graph)
+            return replace(self.pretrain.cells(), graph=self.pretrain_graph)
         ds = self.dataset
         if cells == "all":
-            return TrainingData(ds.X, ds.genes, ds.batch_codes, self.all_graph)
-        ref = ds.reference_index
-        return TrainingData(ds.X[ref], ds.genes, ds.batch_codes[ref], self.reference_graph)
+            return replace(ds.cells(), graph=self.all_graph)
+        return replace(ds.cells(ds.reference_index), graph=self.reference_graph)
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,7 @@ def _fit(shared: SharedData, inputs: TaskInputs, cells: str):
 
 def batch_correction(shared: SharedData, inputs: TaskInputs):
     ds = shared.dataset
-    embedding = _fit(shared, inputs, "all").embed(ds.X)
+    embedding = _fit(shared, inputs, "all").embed(ds.cells())
     labels = ds.labels
     return scib_scores(embedding, ds.obs["batch"].to_numpy(), labels, shared.pre_integration,
                        n_jobs=inputs.threads), embedding
@@ -132,10 +136,21 @@ def batch_correction(shared: SharedData, inputs: TaskInputs):
 
 def cell_typing(shared: SharedData, inputs: TaskInputs):
     ds = shared.dataset
-    embedding = _fit(shared, inputs, "reference").embed(ds.X)
+    model = _fit(shared, inputs, "reference")
+    embedding = model.embed(ds.cells())
     labels = ds.labels
     ref, query = ds.reference_index, ds.query_index
-    return knn_cell_typing(embedding[ref], labels[ref], embedding[query], labels[query]), embedding
+    metrics = knn_cell_typing(embedding[ref], labels[ref], embedding[query], labels[query])
+    if ds.other is not None:  # multimodal: the same from the RNA alone
+        rna = model.embed(rna_only(ds.cells()))
+        scores = knn_cell_typing(rna[ref], labels[ref], rna[query], labels[query])
+        metrics.update({f"rna_{k}": v for k, v in scores.items()})
+    return metrics, embedding
+
+
+def rna_only(cells: Cells) -> Cells:
+    """``cells`` with their second modality unobserved (a method embeds them from the RNA)."""
+    return replace(cells, other=None, other_counts=None)
 
 
 def reconstruction(shared: SharedData, inputs: TaskInputs):
@@ -144,7 +159,7 @@ def reconstruction(shared: SharedData, inputs: TaskInputs):
     ds = shared.dataset
     ref, query = ds.reference_index, ds.query_index
     model = _fit(shared, inputs, "reference")
-    embedding = model.embed(ds.X)
+    embedding = model.embed(ds.cells())
     made = model.reconstruct(ds.X[query], seed=inputs.seed)
     floors = {"mean_floor": mean_reconstruction(ds.X[ref], len(query)),  # PCA: as many components as the embedding
               "pca_floor": pca_reconstruction(ds.X[ref], made.inputs, embedding.shape[1], seed=inputs.seed)}
@@ -162,11 +177,16 @@ def modality_prediction(shared: SharedData, inputs: TaskInputs):
 
     ds = shared.dataset
     ref, query = ds.reference_index, ds.query_index
-    embedding = _fit(shared, inputs, "reference").embed(ds.X)  # the RNA embedding
-    target = ds.other.target
+    model = _fit(shared, inputs, "reference")
+    embedding = model.embed(rna_only(ds.cells()))  # the RNA embedding
+    target, binary = ds.other.target, ds.other.kind == "atac"
     predicted = knn_modality_prediction(embedding[ref], target[ref], embedding[query])
     truth = np.asarray(target[query].todense(), dtype=np.float32)
-    return modality_prediction_scores(truth, predicted, binary=ds.other.kind == "atac"), embedding
+    metrics = modality_prediction_scores(truth, predicted, binary=binary)
+    if get_method(inputs.method).predicts_other:  # the model's own prediction from the query's RNA
+        own = model.predict_other(rna_only(ds.cells(query)))
+        metrics.update({f"model_{k}": v for k, v in modality_prediction_scores(truth, own, binary=binary).items()})
+    return metrics, embedding
 
 
 def cross_modality_prediction(shared: SharedData, inputs: TaskInputs):
@@ -181,11 +201,11 @@ def cross_modality_prediction(shared: SharedData, inputs: TaskInputs):
     truth = np.asarray(ds.other.X[query].todense(), dtype=np.float32)
     metrics = {}
     for prefix, freeze in (("head_", True), ("", False)):
-        predicted = regress(network.encoder, inputs.trial.params.embedding_dim, ds.X[ref], ds.other.X[ref],
+        predicted = regress(network.rna_encoder, inputs.trial.params.embedding_dim, ds.X[ref], ds.other.X[ref],
                             ds.X[query], inputs.fine_tuning, inputs.seed, device, freeze)
         scores = modality_prediction_scores(truth, predicted)
         metrics.update({f"{prefix}{k}": scores[k] for k in CROSS_MODALITY_METRICS})
-    return metrics, model.embed(ds.X)
+    return metrics, model.embed(ds.cells())
 
 
 def fine_tuned_cell_typing(shared: SharedData, inputs: TaskInputs):
@@ -201,11 +221,11 @@ def fine_tuned_cell_typing(shared: SharedData, inputs: TaskInputs):
     device = next(network.parameters()).device
     dim = inputs.trial.params.embedding_dim
     args = (ds.X[ref], labels[ref], ds.X[query], labels[query], inputs.fine_tuning, inputs.seed, device)
-    metrics = fine_tune(network.encoder, dim, *args)
+    metrics = fine_tune(network.rna_encoder, dim, *args)
     torch.manual_seed(inputs.seed)  # the twin: the same architecture, initialised as the pretraining started
-    scratch = type(network)(ds.X.shape[1], inputs.trial.params).encoder.to(device)
+    scratch = type(network)(ds.X.shape[1], inputs.trial.params, network.n_other).rna_encoder.to(device)
     metrics.update({f"scratch_{k}": v for k, v in fine_tune(scratch, dim, *args).items()})
-    return metrics, model.embed(ds.X)
+    return metrics, model.embed(ds.cells())
 
 
 @dataclass(frozen=True)
@@ -224,12 +244,14 @@ class TaskSpec:
 
 TASKS: dict[str, TaskSpec] = {
     "batch_correction": TaskSpec(batch_correction, AGGREGATES + BIO_METRICS + BATCH_METRICS, "total"),
-    "cell_typing": TaskSpec(cell_typing, CELL_TYPING_METRICS, "macro_f1"),
+    "cell_typing": TaskSpec(cell_typing, CELL_TYPING_METRICS + [f"rna_{m}" for m in CELL_TYPING_METRICS[:2]],
+                            "macro_f1"),
     "reconstruction": TaskSpec(
         reconstruction, RECONSTRUCTION_METRICS + [f"{f}_{m}" for f in FLOORS for m in RECONSTRUCTION_METRICS[:4:3]],
         "mse", needs="reconstructs"),
     "modality_prediction": TaskSpec(
-        modality_prediction, ["pearson", "feature_pearson", "rmse", "auroc", "pearson_min", "pearson_max"], "pearson"),
+        modality_prediction, MODALITY_PREDICTION_METRICS + [f"model_{m}" for m in MODALITY_PREDICTION_METRICS[:4]],
+        "pearson"),
     "cross_modality_prediction": TaskSpec(
         cross_modality_prediction, CROSS_MODALITY_METRICS + [f"head_{m}" for m in CROSS_MODALITY_METRICS], "pearson",
         needs="fine_tunable"),

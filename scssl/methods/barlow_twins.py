@@ -29,9 +29,9 @@ class BarlowTwins(TwoViewMethod):
     name = "barlow_twins"
     Params = BarlowTwinsParams
 
-    def __init__(self, n_genes: int, params: BarlowTwinsParams):
-        super().__init__(n_genes, params)
-        self.projector = mlp_head(projector_dims(params))
+    def __init__(self, n_genes: int, params: BarlowTwinsParams, n_other: int = 0):
+        super().__init__(n_genes, params, n_other)
+        self.projector = self.head(lambda: mlp_head(projector_dims(params)))
 
     def loss(self, view1, view2):
         z1, z2 = self.projector(self.encoder(view1)), self.projector(self.encoder(view2))

@@ -17,12 +17,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Protocol
 
+import math
+
 import numpy as np
 import torch
 from pydantic import Field, model_validator
 from torch import nn
 from typing_extensions import Annotated
 
+from scssl.methods.losses import clip_loss
 from scssl.methods.mechanics import cosine_schedule, ema_update
 from scssl.settings import settings, with_preset
 
@@ -30,6 +33,8 @@ if TYPE_CHECKING:
     import scipy.sparse as sp
 
     from scssl.augment import AugmentationConfig, NeighbourGraph
+    from scssl.data import Cells
+    from scssl.train import TrainSettings
 
 Positive = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0.0)]
@@ -53,6 +58,9 @@ class EncoderParams:
     Linear -> norm (-> Dropout(``dropout``)). The defaults are scSSL-Bench's 128 -> 64 with BatchNorm;
     ``encoder_preset: richter`` is Richter et al.'s 512-512-256-256-64, SELU, dropout 0.1, no norm. Keys
     given beside a preset override it.
+
+    On multimodal data a method has one such encoder per modality; ``embedding`` says what the tasks score:
+    ``joint`` (the concatenation of both encoders' outputs, as scSSL-Bench) or ``rna`` (the RNA encoder alone).
     """
 
     encoder_preset: Literal["scssl_bench", "richter"] | None = None
@@ -62,6 +70,7 @@ class EncoderParams:
     norm: Literal["batch", "layer", "none"] = "batch"
     hidden_dropout: DropoutRate = 0.0
     dropout: DropoutRate = 0.0
+    embedding: Literal["joint", "rna"] = "joint"
 
     @model_validator(mode="before")
     @classmethod
@@ -72,11 +81,19 @@ class EncoderParams:
 @settings
 class ProjectorParams:
     """The projector of the two-view methods: ``projector_layers`` linear layers of width
-    ``projector_hidden_mult`` x embedding_dim and output ``projector_out_mult`` x embedding_dim."""
+    ``projector_hidden_mult`` x embedding_dim and output ``projector_out_mult`` x embedding_dim.
+
+    ``predict_projection`` scores the projector's output instead of the encoder's (scSSL-Bench's switch of
+    that name). On multimodal data each modality has its own projector and ``fusion`` joins their outputs
+    into the projection the loss sees: ``add``, ``mean``, ``concat``, or ``clip`` (concat, plus a CLIP loss
+    between the modalities of each view).
+    """
 
     projector_layers: Positive = 2
     projector_hidden_mult: PositiveFloat = 1.0
     projector_out_mult: PositiveFloat = 1.0
+    predict_projection: bool = False
+    fusion: Literal["add", "mean", "concat", "clip"] = "concat"
 
 
 @settings
@@ -143,6 +160,46 @@ def mlp_head(dims: list[int], hidden_norm: bool = True, last_norm: bool = False,
     return nn.Sequential(*layers)
 
 
+class PairedEncoder(nn.Module):
+    """One encoder per modality: (RNA, other) -> (RNA embedding, other embedding)."""
+
+    def __init__(self, n_genes: int, n_other: int, params: EncoderParams):
+        super().__init__()
+        self.rna = Encoder(n_genes, params)
+        self.other = Encoder(n_other, params)
+
+    def forward(self, x: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.rna(x[0]), self.other(x[1])
+
+
+def fuse(rna: torch.Tensor, other: torch.Tensor, fusion: str) -> torch.Tensor:
+    if fusion == "add":
+        return rna + other
+    if fusion == "mean":
+        return (rna + other) / 2
+    return torch.cat([rna, other], dim=1)  # concat, and clip
+
+
+class FusedHead(nn.Module):
+    """One head per modality (two fresh copies of the method's own head), outputs fused by ``fusion``.
+
+    In training mode it records each call's two modality outputs in ``recorded``, so that the method can add
+    the CLIP loss between the modalities of each view (``fusion: clip``) without computing them twice.
+    """
+
+    def __init__(self, make: Callable[[], nn.Module], fusion: str):
+        super().__init__()
+        self.rna, self.other = make(), make()
+        self.fusion = fusion
+        self.recorded: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, h: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        rna, other = self.rna(h[0]), self.other(h[1])
+        if self.training:
+            self.recorded.append((rna, other))
+        return fuse(rna, other, self.fusion)
+
+
 def projector_dims(params: ProjectorParams) -> list[int]:
     h = params.embedding_dim
     hidden = max(1, round(params.projector_hidden_mult * h))
@@ -150,25 +207,28 @@ def projector_dims(params: ProjectorParams) -> list[int]:
     return [h] + [hidden] * (params.projector_layers - 1) + [out]
 
 
-def predictor_dims(params: PredictorParams) -> list[int]:
-    out = projector_dims(params)[-1]
-    return [out, max(1, round(params.predictor_hidden_mult * params.embedding_dim)), out]
+def predictor_dims(params: PredictorParams, width: int) -> list[int]:
+    """width -> mult x embedding_dim -> width, ``width`` the (fused) projection's."""
+    return [width, max(1, round(params.predictor_hidden_mult * params.embedding_dim)), width]
 
 
 @dataclass
 class Batch:
     """A mini-batch as a method's training step sees it: the clean (log-normalised) rows on the device,
-    their rows in the training matrix, and their batch codes (None when the caller has none)."""
+    their rows in the training matrix, their batch codes (None when the caller has none) and, on multimodal
+    data, the same cells' second modality (``other``)."""
 
     x: torch.Tensor
     index: torch.Tensor
     batch_codes: torch.Tensor | None = None
+    other: torch.Tensor | None = None
 
 
 @dataclass
 class TrainingContext:
     """What a method may need before training besides its settings: the training cells' row lookup, gene
-    names, neighbour graph (BBKNN / MNN augmentations), augmentations, seed and device."""
+    names, neighbour graph (BBKNN / MNN augmentations), augmentations, seed and device, and on multimodal
+    data the row lookup of the second modality (``other_rows``)."""
 
     rows: Callable[[torch.Tensor], torch.Tensor]
     genes: np.ndarray | None
@@ -176,13 +236,16 @@ class TrainingContext:
     augment: AugmentationConfig | None
     seed: int
     device: torch.device
+    other_rows: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 class SSLMethod(nn.Module):
     """A network method: an encoder (the embedding), its heads, and its own training step.
 
     Subclasses set ``name`` and ``Params`` (a settings dataclass derived from ``EncoderParams``, holding every
-    tunable hyper-parameter with the paper's default) and implement ``training_loss``.
+    tunable hyper-parameter with the paper's default) and implement ``training_loss``. Built with ``n_other``
+    features of a second modality (multimodal data), ``encoder`` is a ``PairedEncoder`` and the method's heads
+    come from ``head`` (one per modality, fused); ``uses_other`` False methods (the MAE) train on RNA alone.
     """
 
     name: ClassVar[str]
@@ -191,11 +254,31 @@ class SSLMethod(nn.Module):
     sections: ClassVar[frozenset[str]] = frozenset({"train"})
     reconstructs: ClassVar[bool] = False
     fine_tunable: ClassVar[bool] = True
+    uses_other: ClassVar[bool] = True  # trains on a second modality when the data has one
+    modality: ClassVar[str | None] = None  # the second modality it needs: "any", "protein", "atac" or None
+    predicts_other: ClassVar[bool] = False
 
-    def __init__(self, n_genes: int, params: EncoderParams):
+    def __init__(self, n_genes: int, params: EncoderParams, n_other: int = 0):
         super().__init__()
         self.params = params
-        self.encoder = Encoder(n_genes, params)
+        self.n_other = n_other if self.uses_other else 0
+        self.encoder = PairedEncoder(n_genes, n_other, params) if self.n_other else Encoder(n_genes, params)
+
+    @property
+    def rna_encoder(self) -> nn.Module:
+        return self.encoder.rna if self.n_other else self.encoder
+
+    def head(self, make: Callable[[], nn.Module]) -> nn.Module:
+        """The head ``make`` builds, or on multimodal data one per modality, fused (``FusedHead``)."""
+        return FusedHead(make, self.params.fusion) if self.n_other else make()
+
+    def fused_width(self, width: int) -> int:
+        """The width of a fused head's output when each modality's head gives ``width``."""
+        return 2 * width if self.n_other and self.params.fusion in ("concat", "clip") else width
+
+    def joint(self, other: torch.Tensor | None) -> bool:
+        """Whether the embedding of cells with ``other`` joins both modalities."""
+        return self.n_other > 0 and other is not None and self.params.embedding == "joint"
 
     def setup(self, context: TrainingContext) -> None:
         """Called once, on the device, before the first step."""
@@ -203,26 +286,60 @@ class SSLMethod(nn.Module):
     def training_loss(self, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
+    def embed(self, x: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+        """The embedding the tasks score: both encoders' outputs concatenated (``joint``), else the RNA's."""
+        if self.joint(other):
+            return torch.cat(self.encoder((x, other)), dim=1)
+        return self.rna_encoder(x)
 
     def after_step(self, step: int, total_steps: int) -> None:
         """Called after each optimiser step (momentum targets move here)."""
 
 
 class TwoViewMethod(SSLMethod):
-    """A method whose step is a loss on two augmented views of the batch (the seven generic methods)."""
+    """A method whose step is a loss on two augmented views of the batch (the seven generic methods).
+
+    On multimodal data a view is the pair (RNA view, other view), each modality augmented independently with
+    its own settings (``augment.other``, else RNA's), as scSSL-Bench's multimodal variants; the encoder and
+    the heads take the pair, so the method's ``loss`` is the same code.
+    """
 
     sections = frozenset({"train", "augment"})
+
+    def __init__(self, n_genes: int, params: EncoderParams, n_other: int = 0):
+        super().__init__(n_genes, params, n_other)
+        if self.n_other and params.fusion == "clip":  # CLIP's learnable temperature, initialised at 1 / 0.07
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def setup(self, context: TrainingContext) -> None:
         from scssl.augment import Augmenter  # the augment layer loads numba; a method class alone needs it not
 
-        self.augmenter = Augmenter(context.augment, context.device, context.seed, rows=context.rows,
-                                   graph=context.graph)
+        augment = context.augment
+        self.augmenter = Augmenter(augment, context.device, context.seed, rows=context.rows, graph=context.graph)
+        if self.n_other:
+            self.other_augmenter = Augmenter(augment.other or augment, context.device, context.seed + 1,
+                                             rows=context.other_rows, graph=context.graph)
 
     def training_loss(self, batch: Batch) -> torch.Tensor:
-        return self.loss(*self.augmenter(batch.x, batch.index))
+        if not self.n_other:
+            return self.loss(*self.augmenter(batch.x, batch.index))
+        rna1, rna2 = self.augmenter(batch.x, batch.index)
+        other1, other2 = self.other_augmenter(batch.other, batch.index)
+        loss = self.loss((rna1, other1), (rna2, other2))
+        if self.params.fusion == "clip":  # each call of the online projector: one per view it projected
+            loss = loss + sum(clip_loss(rna, other, self.logit_scale) for rna, other in self.projector.recorded)
+        for head in self.modules():
+            if isinstance(head, FusedHead):
+                head.recorded.clear()
+        return loss
+
+    def embed(self, x: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+        """With ``predict_projection``, the (fused) projection; else the encoder's embedding."""
+        if not self.params.predict_projection:
+            return super().embed(x, other)
+        if self.joint(other):
+            return self.projector(self.encoder((x, other)))
+        return (self.projector.rna if self.n_other else self.projector)(self.rna_encoder(x))
 
     def loss(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -252,7 +369,11 @@ class Reconstruction:
 
 
 class FittedMethod(Protocol):
-    """A method that fits by itself, not by the shared loop (PCA; scVI and checkpoints later)."""
+    """A method that fits by itself, not by the shared loop (PCA; totalVI and MultiVI by scvi-tools).
+
+    ``modality`` is the second modality it needs (None: any data); ``predicts_other``: it predicts that
+    modality itself (``predict_other``), besides the kNN protocol every method gets.
+    """
 
     name: ClassVar[str]
     Params: ClassVar[type]
@@ -260,11 +381,16 @@ class FittedMethod(Protocol):
     sections: ClassVar[frozenset[str]]
     reconstructs: ClassVar[bool]
     fine_tunable: ClassVar[bool]
+    modality: ClassVar[str | None]
+    predicts_other: ClassVar[bool]
 
     def __init__(self, params: Any, seed: int = 0): ...
 
-    def fit(self, X: np.ndarray | sp.spmatrix) -> FittedMethod: ...
+    def fit(self, cells: Cells, train: TrainSettings | None, on_epoch: Callable | None = None) -> FittedMethod:
+        """Fit on ``cells``; a method trained in epochs calls ``on_epoch(self, EpochReport)`` after each."""
 
-    def embed(self, X: np.ndarray | sp.spmatrix) -> np.ndarray: ...
+    def embed(self, cells: Cells) -> np.ndarray: ...
 
     def reconstruct(self, X: np.ndarray | sp.spmatrix, seed: int) -> Reconstruction: ...  # when ``reconstructs``
+
+    def predict_other(self, cells: Cells) -> np.ndarray: ...  # when ``predicts_other``

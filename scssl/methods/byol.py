@@ -28,10 +28,10 @@ class BYOL(MomentumTargets, TwoViewMethod):
     name = "byol"
     Params = BYOLParams
 
-    def __init__(self, n_genes: int, params: BYOLParams):
-        super().__init__(n_genes, params)
-        self.projector = mlp_head(projector_dims(params))
-        self.predictor = mlp_head(predictor_dims(params))
+    def __init__(self, n_genes: int, params: BYOLParams, n_other: int = 0):
+        super().__init__(n_genes, params, n_other)
+        self.projector = self.head(lambda: mlp_head(projector_dims(params)))
+        self.predictor = mlp_head(predictor_dims(params, self.fused_width(projector_dims(params)[-1])))
         self.target_encoder = momentum_copy(self.encoder)
         self.target_projector = momentum_copy(self.projector)
 

@@ -19,6 +19,16 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     return F.cross_entropy(logits, positives)
 
 
+def clip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """CLIP (Radford et al. 2021): row i of ``a`` must pick row i of ``b`` among all of ``b``'s rows and vice
+    versa, by cosine similarity x exp(``logit_scale``) (capped at 100, as CLIP); the two cross-entropies
+    averaged."""
+    a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+    logits = logit_scale.exp().clamp(max=100.0) * a @ b.T
+    target = torch.arange(len(a), device=a.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
 def vicreg(
     z1: torch.Tensor, z2: torch.Tensor, sim_weight: float, var_weight: float, cov_weight: float,
     eps: float = 1e-4,

@@ -52,9 +52,10 @@ class MAE(SSLMethod):
     name = "mae"
     Params = MAEParams
     reconstructs = True
+    uses_other = False  # Richter et al.'s MAE is uni-modal: on multimodal data it trains on the RNA
 
-    def __init__(self, n_genes: int, params: MAEParams):
-        super().__init__(n_genes, params)
+    def __init__(self, n_genes: int, params: MAEParams, n_other: int = 0):
+        super().__init__(n_genes, params, n_other)
         self.decoder = mlp([params.embedding_dim, *reversed(params.hidden_dims), n_genes], params, None)
 
     def setup(self, context: TrainingContext) -> None:

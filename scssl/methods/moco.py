@@ -28,13 +28,13 @@ class MoCo(MomentumTargets, TwoViewMethod):
     name = "moco"
     Params = MoCoParams
 
-    def __init__(self, n_genes: int, params: MoCoParams):
-        super().__init__(n_genes, params)
+    def __init__(self, n_genes: int, params: MoCoParams, n_other: int = 0):
+        super().__init__(n_genes, params, n_other)
         dims = projector_dims(params)
-        self.projector = mlp_head(dims, hidden_norm=False)
+        self.projector = self.head(lambda: mlp_head(dims, hidden_norm=False))
         self.key_encoder = momentum_copy(self.encoder)
         self.key_projector = momentum_copy(self.projector)
-        self.queue = MemoryQueue(params.memory_size, dims[-1])
+        self.queue = MemoryQueue(params.memory_size, self.fused_width(dims[-1]))
 
     def momentum_pairs(self):
         return [(self.encoder, self.key_encoder), (self.projector, self.key_projector)]

@@ -27,12 +27,13 @@ class NNCLR(TwoViewMethod):
     name = "nnclr"
     Params = NNCLRParams
 
-    def __init__(self, n_genes: int, params: NNCLRParams):
-        super().__init__(n_genes, params)
+    def __init__(self, n_genes: int, params: NNCLRParams, n_other: int = 0):
+        super().__init__(n_genes, params, n_other)
         dims = projector_dims(params)
-        self.projector = mlp_head(dims, last_norm=True)
-        self.predictor = mlp_head(predictor_dims(params))
-        self.support = MemoryQueue(params.memory_size, dims[-1])
+        width = self.fused_width(dims[-1])
+        self.projector = self.head(lambda: mlp_head(dims, last_norm=True))
+        self.predictor = mlp_head(predictor_dims(params, width))
+        self.support = MemoryQueue(params.memory_size, width)
 
     def loss(self, view1, view2):
         z1, z2 = self.projector(self.encoder(view1)), self.projector(self.encoder(view2))

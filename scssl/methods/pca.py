@@ -1,4 +1,4 @@
-"""PCA of the preprocessed expression: the no-training floor every benchmark table carries."""
+"""PCA of the preprocessed expression (RNA): the no-training floor every benchmark table carries."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     import scipy.sparse as sp
     from sklearn.decomposition import PCA
 
+    from scssl.data import Cells
+    from scssl.train import TrainSettings
+
 
 @settings
 class PCAParams:
@@ -30,21 +33,25 @@ class PCABaseline:
     sections: ClassVar[frozenset[str]] = frozenset()
     reconstructs: ClassVar[bool] = True
     fine_tunable: ClassVar[bool] = False
+    modality: ClassVar[str | None] = None
+    predicts_other: ClassVar[bool] = False
 
     def __init__(self, params: PCAParams, seed: int = 0):
         self.params = params
         self.seed = seed
         self._pca: PCA | None = None
 
-    def fit(self, X: np.ndarray | sp.spmatrix) -> "PCABaseline":
+    def fit(self, cells: Cells, train: TrainSettings | None = None, on_epoch=None) -> "PCABaseline":
+        """PCA of ``cells.X`` (its RNA only, on multimodal data too); nothing to train or report per epoch."""
         from sklearn.decomposition import PCA  # here: listing the methods needs no sklearn
 
+        X = cells.X
         n_components = min(self.params.n_components, min(X.shape) - 1)
         self._pca = PCA(n_components=n_components, svd_solver="arpack", random_state=self.seed).fit(X)
         return self
 
-    def embed(self, X: np.ndarray | sp.spmatrix) -> np.ndarray:
-        return self._pca.transform(X).astype(np.float32)
+    def embed(self, cells: Cells) -> np.ndarray:
+        return self._pca.transform(cells.X).astype(np.float32)
 
     def reconstruct(self, X: np.ndarray | sp.spmatrix, seed: int = 0) -> Reconstruction:
         """The projection of ``X`` onto the components, mapped back to genes (every entry seen)."""

@@ -20,9 +20,9 @@ class SimCLR(TwoViewMethod):
     name = "simclr"
     Params = SimCLRParams
 
-    def __init__(self, n_genes: int, params: SimCLRParams):
-        super().__init__(n_genes, params)
-        self.projector = mlp_head(projector_dims(params), last_norm=True)
+    def __init__(self, n_genes: int, params: SimCLRParams, n_other: int = 0):
+        super().__init__(n_genes, params, n_other)
+        self.projector = self.head(lambda: mlp_head(projector_dims(params), last_norm=True))
 
     def loss(self, view1, view2):
         z1 = self.projector(self.encoder(view1))

@@ -26,10 +26,10 @@ class SimSiam(TwoViewMethod):
     name = "simsiam"
     Params = SimSiamParams
 
-    def __init__(self, n_genes: int, params: SimSiamParams):
-        super().__init__(n_genes, params)
-        self.projector = mlp_head(projector_dims(params), last_norm=True, last_norm_affine=False)
-        self.predictor = mlp_head(predictor_dims(params))
+    def __init__(self, n_genes: int, params: SimSiamParams, n_other: int = 0):
+        super().__init__(n_genes, params, n_other)
+        self.projector = self.head(lambda: mlp_head(projector_dims(params), last_norm=True, last_norm_affine=False))
+        self.predictor = mlp_head(predictor_dims(params, self.fused_width(projector_dims(params)[-1])))
 
     def loss(self, view1, view2):
         z1, z2 = self.projector(self.encoder(view1)), self.projector(self.encoder(view2))

@@ -31,9 +31,9 @@ class VICReg(TwoViewMethod):
     name = "vicreg"
     Params = VICRegParams
 
-    def __init__(self, n_genes: int, params: VICRegParams):
-        super().__init__(n_genes, params)
-        self.projector = mlp_head(projector_dims(params))
+    def __init__(self, n_genes: int, params: VICRegParams, n_other: int = 0):
+        super().__init__(n_genes, params, n_other)
+        self.projector = self.head(lambda: mlp_head(projector_dims(params)))
 
     def loss(self, view1, view2):
         p = self.params

@@ -37,6 +37,9 @@ HEADERS = {
     "auroc": "AUROC", "pearson_min": "Pearson r per cell (min)", "pearson_max": "Pearson r per cell (max)",
     "spearman": "Spearman per cell", "head_pearson": "Frozen: Pearson r per cell",
     "head_spearman": "Frozen: Spearman per cell", "head_mse": "Frozen: MSE",
+    "rna_macro_f1": "RNA only: query macro-F1", "rna_accuracy": "RNA only: query accuracy",
+    "model_pearson": "Model's own: Pearson r per cell", "model_feature_pearson": "Model's own: Pearson r per feature",
+    "model_rmse": "Model's own: RMSE", "model_auroc": "Model's own: AUROC",
 }
 # The summary's columns: (table, prefix of its columns in the summary, metric or rank, header).
 HEADLINE = [("batch_correction", "", m, HEADERS[m]) for m in AGGREGATES]
@@ -55,7 +58,8 @@ QUERY_TABLES = [
     ("cell_typing", "Cell typing, query to reference",
      "Mean ± std over seeds. kNN (k = 11) fitted on the reference embedding predicts the query cells; "
      "macro-F1 and accuracy count query cells of types seen in the reference, the 'all types' columns "
-     "every query cell. Rank: by query macro-F1 (1 = best; tied rows share the better rank).", "macro_f1"),
+     "every query cell. On multimodal data the embedding is the method's joint one and 'RNA only' the RNA "
+     "embedding alone. Rank: by query macro-F1 (1 = best; tied rows share the better rank).", "macro_f1"),
     ("fine_tuned_cell_typing", "Cell typing by a fine-tuned classifier, query to reference",
      "Mean ± std over seeds. A linear head on the pretrained encoder, encoder and head fine-tuned on the "
      "reference labels (Richter et al.'s cell-type prediction); 'From scratch': the same network from the "
@@ -65,7 +69,8 @@ QUERY_TABLES = [
      "Mean ± std over seeds. Each query cell's second modality (protein, or ATAC's binary accessibility) "
      "predicted as the mean over its 5 cosine-nearest reference cells in the RNA embedding (scSSL-Bench). "
      "Pearson r per cell across features (the paper's score; min and max over cells), per feature across "
-     "cells, RMSE over all entries, AUROC for ATAC. Rank: by Pearson r per cell.", "pearson"),
+     "cells, RMSE over all entries, AUROC for ATAC. 'Model's own': the prediction of a generative model "
+     "(totalVI, MultiVI) from the query's RNA. Rank: by Pearson r per cell (kNN).", "pearson"),
     ("cross_modality_prediction", "Cross-modality prediction by a regression head, query from reference",
      "Mean ± std over seeds. A linear head (MSE) from the pretrained RNA encoder onto the second modality, "
      "trained on the reference cells with the encoder fine-tuned, and ('Frozen') with the encoder fixed "

@@ -18,7 +18,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.importance import FanovaImportanceEvaluator
 from optuna.trial import TrialState
 
-from scssl.tune.tracking import TUNE_KEY, Tracker
+from scssl.tune.tracking import OBJECTIVE, TUNE_KEY, Tracker
 from scssl.tune.trainable import METRIC, MODE
 
 
@@ -44,13 +44,15 @@ def tuning_study(tracker: Tracker, dataset: str, method: str) -> optuna.Study | 
     distributions = _distributions(params)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=f"{dataset}/{method}", direction="maximize" if MODE == "max" else "minimize")
+    metric = runs[0].data.tags.get(OBJECTIVE, METRIC)
+    study.set_user_attr("objective", metric)
     for run, trial in zip(runs, params):
         values = {k: str(v) if isinstance(distributions[k], CategoricalDistribution) else v for k, v in trial.items()}
-        history = tracker.client.get_metric_history(run.info.run_id, METRIC)
-        complete = Tracker.finished(run) and METRIC in run.data.metrics
+        history = tracker.client.get_metric_history(run.info.run_id, metric)
+        complete = Tracker.finished(run) and metric in run.data.metrics
         study.add_trial(optuna.trial.create_trial(
             params=values, distributions={k: distributions[k] for k in values},
-            value=run.data.metrics[METRIC] if complete else None,
+            value=run.data.metrics[metric] if complete else None,
             intermediate_values={m.step: m.value for m in history},
             state=TrialState.COMPLETE if complete else TrialState.FAIL,
         ))
@@ -61,7 +63,8 @@ def tuning_figures(study: optuna.Study, stem: Path) -> dict[str, Path]:
     """``<stem>_history.png`` and, when the objective and a parameter of every finished trial vary among them,
     ``<stem>_importances.png`` (fANOVA, seed 0, over those parameters); keyed "history" and "importances"."""
     figures = {"history": _save(optuna.visualization.matplotlib.plot_optimization_history, study,
-                                f"Optimisation history ({METRIC})", Path(f"{stem}_history.png"))}
+                                f"Optimisation history ({study.user_attrs['objective']})",
+                                Path(f"{stem}_history.png"))}
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     common = set.intersection(*(set(t.params) for t in complete)) if complete else set()
     varying = sorted(k for k in common if len({t.params[k] for t in complete}) > 1)

@@ -7,11 +7,10 @@ from scssl import lazy_exports
 from scssl.train.settings import TrainSettings
 
 __getattr__ = lazy_exports(__name__, {
-    "loop": ["EpochReport", "NonFiniteLossError", "TrainedNetwork", "TrainingData", "embed", "fit", "fit_embedding",
-             "resolve_device", "train"],
+    "loop": ["EpochReport", "NonFiniteLossError", "TrainedNetwork", "embed", "fit", "resolve_device", "train"],
 })
 
 __all__ = [
-    "EpochReport", "NonFiniteLossError", "TrainSettings", "TrainedNetwork", "TrainingData", "embed", "fit",
-    "fit_embedding", "resolve_device", "train",
+    "EpochReport", "NonFiniteLossError", "TrainSettings", "TrainedNetwork", "embed", "fit", "resolve_device",
+    "train",
 ]

@@ -17,8 +17,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from scssl.augment import AugmentationConfig, NeighbourGraph
-from scssl.data import CellMatrix
+from scssl.augment import AugmentationConfig
+from scssl.data import CellMatrix, Cells
 from scssl.methods import Batch, SSLMethod, TrainingContext, get_method
 from scssl.methods.base import Reconstruction
 from scssl.train.settings import TrainSettings
@@ -35,15 +35,9 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training cannot go on."""
 
 
-@dataclass
-class TrainingData:
-    """The cells a method trains on: expression, gene names (gene-programme masks), batch codes and the
-    neighbour graph of the rows (BBKNN and MNN augmentations)."""
-
-    X: np.ndarray | sp.spmatrix
-    genes: np.ndarray | None = None
-    batch_codes: np.ndarray | None = None
-    graph: NeighbourGraph | None = None
+def as_cells(data: Cells | np.ndarray | sp.spmatrix) -> Cells:
+    """``data``, or a matrix of expression alone, as ``Cells``."""
+    return data if isinstance(data, Cells) else Cells(data)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -57,40 +51,48 @@ def _optimizer(model: SSLMethod, settings: TrainSettings) -> torch.optim.Optimiz
     return kind(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
 
 
+def _matrices(cls: type[SSLMethod], cells: Cells, device: torch.device) -> tuple[CellMatrix, CellMatrix | None]:
+    """The RNA on ``device``, and the second modality where the cells have one and the method uses it."""
+    other = cells.other if cls.uses_other else None
+    return CellMatrix(cells.X, device), None if other is None else CellMatrix(other, device)
+
+
 def train(
     method_cls: type[SSLMethod],
     params,
-    X: np.ndarray | sp.spmatrix,
+    data: Cells | np.ndarray | sp.spmatrix,
     settings: TrainSettings,
     augment: AugmentationConfig | None = None,
     seed: int = 0,
     on_epoch: Callable[[SSLMethod, EpochReport], None] | None = None,
-    graph: NeighbourGraph | None = None,
-    genes: np.ndarray | None = None,
-    batch_codes: np.ndarray | None = None,
 ) -> SSLMethod:
-    """Train ``method_cls(params)`` on the cells of ``X`` and return the model (in eval mode)."""
+    """Train ``method_cls(params)`` on ``data`` (``Cells``, or an expression matrix) and return the model
+    (in eval mode); with a second modality in the cells, a method that ``uses_other`` trains on both."""
+    cells = as_cells(data)
     device = resolve_device(settings.device)
     torch.manual_seed(seed)
-    cells = CellMatrix(X, device)
-    model = method_cls(cells.n_genes, params).to(device)
-    model.setup(TrainingContext(cells.rows, genes, graph, augment, seed, device))
+    rna, other = _matrices(method_cls, cells, device)
+    model = method_cls(rna.n_genes, params, 0 if other is None else other.n_genes).to(device)
+    model.setup(TrainingContext(rna.rows, cells.genes, cells.graph, augment, seed, device,
+                                None if other is None else other.rows))
+    batch_codes = cells.batch_codes
     codes = None if batch_codes is None else torch.tensor(np.asarray(batch_codes, dtype=np.int64), device=device)
     order = torch.Generator(device="cpu").manual_seed(seed)
     optimizer = _optimizer(model, settings)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 10, 0.1) if settings.schedule == "step" else None
 
-    batch_size = min(settings.batch_size, cells.n_cells)
-    n_batches = cells.n_cells // batch_size  # drop_last, as the study: no tiny last batch for BatchNorm
+    batch_size = min(settings.batch_size, rna.n_cells)
+    n_batches = rna.n_cells // batch_size  # drop_last, as the study: no tiny last batch for BatchNorm
     total_steps, step = settings.epochs * n_batches, 0
     for epoch in range(1, settings.epochs + 1):
         started = time.perf_counter()
         model.train()
-        permutation = torch.randperm(cells.n_cells, generator=order).to(device)
+        permutation = torch.randperm(rna.n_cells, generator=order).to(device)
         total = torch.zeros((), device=device)
         for b in range(n_batches):
             idx = permutation[b * batch_size : (b + 1) * batch_size]
-            loss = model.training_loss(Batch(cells.rows(idx), idx, None if codes is None else codes[idx]))
+            loss = model.training_loss(Batch(rna.rows(idx), idx, None if codes is None else codes[idx],
+                                             None if other is None else other.rows(idx)))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if settings.grad_clip is not None:
@@ -111,14 +113,20 @@ def train(
 
 
 @torch.no_grad()
-def embed(model: SSLMethod, X: np.ndarray | sp.spmatrix, batch_size: int = 1024) -> np.ndarray:
-    """Encoder output for every cell, with BatchNorm in eval mode (independent of batch composition)."""
+def embed(model: SSLMethod, data: Cells | np.ndarray | sp.spmatrix, batch_size: int = 1024) -> np.ndarray:
+    """The model's embedding of every cell (joint where the cells have the second modality it trained on),
+    with BatchNorm in eval mode (independent of batch composition)."""
+    cells = as_cells(data)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out = np.concatenate([model.embed(x).cpu().numpy() for x in CellMatrix(X, device).batches(batch_size)])
+    rna, other = _matrices(type(model), cells if model.n_other else Cells(cells.X), device)
+    parts = []
+    for start in range(0, rna.n_cells, batch_size):
+        idx = torch.arange(start, min(start + batch_size, rna.n_cells), device=device)
+        parts.append(model.embed(rna.rows(idx), None if other is None else other.rows(idx)).cpu().numpy())
     model.train(was_training)
-    return out
+    return np.concatenate(parts)
 
 
 class TrainedNetwork:
@@ -128,8 +136,8 @@ class TrainedNetwork:
     def __init__(self, network: SSLMethod):
         self.network = network
 
-    def embed(self, X: np.ndarray | sp.spmatrix) -> np.ndarray:
-        return embed(self.network, X)
+    def embed(self, cells: Cells) -> np.ndarray:
+        return embed(self.network, cells)
 
     @torch.no_grad()
     def reconstruct(self, X: np.ndarray | sp.spmatrix, seed: int, batch_size: int = 1024) -> Reconstruction:
@@ -145,32 +153,17 @@ class TrainedNetwork:
 def fit(
     method: str,
     params,
-    data: TrainingData,
+    cells: Cells,
     train_settings: TrainSettings,
     augment: AugmentationConfig | None,
     seed: int,
     on_epoch: Callable | None = None,
 ):
-    """``method`` fitted on ``data``: a network trained by the loop (a ``TrainedNetwork``), or a method that
-    fits by itself; either has ``embed(X)`` and, if it ``reconstructs``, ``reconstruct(X, seed)``."""
+    """``method`` fitted on ``cells``: a network trained by the loop (a ``TrainedNetwork``), or a method that
+    fits by itself. Either has ``embed(cells)``, and ``reconstruct(X, seed)`` if it ``reconstructs``;
+    ``on_epoch(model, report)`` sees the model with the same interface after each epoch."""
     cls = get_method(method)
-    if issubclass(cls, SSLMethod):
-        return TrainedNetwork(train(cls, params, data.X, train_settings, augment, seed, on_epoch, data.graph,
-                                    data.genes, data.batch_codes))
-    return cls(params, seed=seed).fit(data.X)
-
-
-def fit_embedding(
-    method: str,
-    params,
-    X_train: np.ndarray | sp.spmatrix,
-    X_embed: dict[str, np.ndarray | sp.spmatrix],
-    train_settings: TrainSettings,
-    augment: AugmentationConfig,
-    seed: int,
-    on_epoch: Callable | None = None,
-    graph: NeighbourGraph | None = None,
-) -> dict[str, np.ndarray]:
-    """Fit ``method`` on ``X_train`` and embed each matrix of ``X_embed`` (same keys in the result)."""
-    model = fit(method, params, TrainingData(X_train, graph=graph), train_settings, augment, seed, on_epoch)
-    return {key: model.embed(X) for key, X in X_embed.items()}
+    if not issubclass(cls, SSLMethod):
+        return cls(params, seed=seed).fit(cells, train_settings, on_epoch)
+    per_epoch = None if on_epoch is None else lambda network, report: on_epoch(TrainedNetwork(network), report)
+    return TrainedNetwork(train(cls, params, cells, train_settings, augment, seed, per_epoch))

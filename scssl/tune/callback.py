@@ -14,10 +14,12 @@ from ray.tune import Callback
 
 from scssl.search_space import trial_settings
 from scssl.tune.domains import unwrap
-from scssl.tune.tracking import CONFIG, DATASET, ERROR, METHOD, NODE, RETRIED, STAGE, TRIAL_ID, TUNE_KEY, Tracker
-from scssl.tune.trainable import BATCH_METRIC, METRIC, NONFINITE, SCORE, TRIAL_ERROR
+from scssl.tune.tracking import (
+    CONFIG, DATASET, ERROR, METHOD, NODE, OBJECTIVE, RETRIED, STAGE, TRIAL_ID, TUNE_KEY, Tracker,
+)
+from scssl.tune.trainable import BATCH_METRIC, METRIC, NONFINITE, OBJECTIVES, SCORE, TRIAL_ERROR
 
-REPORTED = ("loss", METRIC, BATCH_METRIC, SCORE, "epoch_seconds")
+REPORTED = ("loss", *dict.fromkeys([METRIC, *OBJECTIVES.values(), BATCH_METRIC, SCORE]), "epoch_seconds")
 
 
 class MLflowTrialCallback(Callback):
@@ -25,7 +27,7 @@ class MLflowTrialCallback(Callback):
     that failed for an error (a loss that turned NaN is a result of the search, not a failure)."""
 
     def __init__(self, tracker: Tracker, dataset: str, method_cls: type, train, augment, num_samples: int,
-                 done: int, tune_key: str):
+                 done: int, tune_key: str, objective: str = METRIC):
         self.tracker = tracker
         self.dataset = dataset
         self.method_cls = method_cls
@@ -36,6 +38,7 @@ class MLflowTrialCallback(Callback):
         self.failures: list[str] = []
         self.done = done  # trials ended before this attempt (a resumed stage)
         self.tune_key = tune_key
+        self.objective = objective  # the metric the search maximises
 
     def on_trial_start(self, iteration, trials, trial, **info):
         config = unwrap(trial.config)
@@ -45,6 +48,7 @@ class MLflowTrialCallback(Callback):
             tags={
                 STAGE: "tune", DATASET: self.dataset, METHOD: self.method_cls.name,
                 TRIAL_ID: trial.trial_id, CONFIG: json.dumps(config, default=float), TUNE_KEY: self.tune_key,
+                OBJECTIVE: self.objective,
             },
             params=config,
         )
@@ -69,7 +73,8 @@ class MLflowTrialCallback(Callback):
             return
         self.tracker.end_run(self.run_ids.pop(trial.trial_id), "FINISHED")
         result = trial.last_result or {}
-        self._progress(trial, f"epochs {result.get('epoch', 0)}, {METRIC} {result.get(METRIC, float('nan')):.3f}")
+        score = result.get(self.objective, float("nan"))
+        self._progress(trial, f"epochs {result.get('epoch', 0)}, {self.objective} {score:.3f}")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         """A crashed trial that Tune will run again: this attempt's run is FAILED, the next gets its own."""

@@ -27,12 +27,13 @@ from scssl.stages import TuneSettings
 from scssl.tune.callback import MLflowTrialCallback
 from scssl.tune.domains import grid_param_space, param_space
 from scssl.tune.tracking import CONFIG, Tracker, digest
-from scssl.tune.trainable import BATCH_METRIC, METRIC, MODE, NONFINITE, SCORE, TRIAL_ERROR, run_trial
+from scssl.tune.trainable import BATCH_METRIC, MODE, NONFINITE, OBJECTIVES, SCORE, TRIAL_ERROR, run_trial
 
 
 def objectives(tune_settings: TuneSettings) -> list[str]:
     """The metrics the search maximises."""
-    return [METRIC, BATCH_METRIC] if tune_settings.multi_objective else [METRIC]
+    metric = OBJECTIVES[tune_settings.objective]
+    return [metric, BATCH_METRIC] if tune_settings.multi_objective else [metric]
 
 
 def tune_key(experiment: Experiment, fingerprint: str, method: str) -> str:
@@ -46,7 +47,7 @@ def tune_key(experiment: Experiment, fingerprint: str, method: str) -> str:
         "data": fingerprint, "method": method, "defaults": defaults,
         "space": {".".join(path): repr(value) for path, value in space.entries.items()},
         "objective": [cfg.tune.seed, cfg.tune.validation_fraction, cfg.tune.validation_max_cells,
-                      cfg.tune.multi_objective],
+                      cfg.tune.multi_objective] + ([] if cfg.tune.objective == "cell_typing" else [cfg.tune.objective]),
     })
 
 
@@ -62,7 +63,7 @@ def tune_method(experiment: Experiment, dataset: str, fingerprint: str, data_ref
     done = [r for r in tracker.runs(**tags, tune_key=key) if Tracker.ended_for_good(r)]
     searcher, param_space, num_samples, n_todo = _plan(cfg.tune, space, done)
     if isinstance(searcher, OptunaSearch):
-        known = _final_results(tracker, done, space, cfg.train.epochs)
+        known = _final_results(tracker, done, space, cfg.train.epochs, objectives(cfg.tune))
         searcher = AnswerRepeats(searcher, space, cfg.train.epochs, known)
     total = n_todo + len(done)
     print(f"[tune] {dataset}/{method}: {n_todo} of {total} trials to run ({cfg.tune.search}), up to "
@@ -72,13 +73,15 @@ def tune_method(experiment: Experiment, dataset: str, fingerprint: str, data_ref
     trainable = tune.with_resources(
         tune.with_parameters(
             run_trial, data=data_ref, method=method, train_settings=cfg.train, augment=cfg.augment,
-            seed=cfg.tune.seed, threads=max(1, int(cfg.tune.cpus_per_trial)),
+            seed=cfg.tune.seed, threads=max(1, int(cfg.tune.cpus_per_trial)), objective=cfg.tune.objective,
             multi_objective=cfg.tune.multi_objective,
         ),
         {"cpu": cfg.tune.cpus_per_trial, "gpu": cfg.tune.gpus_per_trial},
     )
-    callback = MLflowTrialCallback(tracker, dataset, method_cls, cfg.train, cfg.augment, total, len(done), key)
-    ranked_by = SCORE if cfg.tune.multi_objective else METRIC
+    metric = objectives(cfg.tune)[0]
+    callback = MLflowTrialCallback(tracker, dataset, method_cls, cfg.train, cfg.augment, total, len(done), key,
+                                   metric)
+    ranked_by = SCORE if cfg.tune.multi_objective else metric
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
@@ -170,15 +173,17 @@ def point_key(space: SearchSpace, config: dict) -> str:
     return config_key(space.optuna_point(config))
 
 
-def _final_results(tracker: Tracker, done: list, space: SearchSpace, epochs: int) -> dict[str, dict]:
-    """The results of the finished trials in ``done`` that trained all ``epochs``, by ``point_key``."""
+def _final_results(tracker: Tracker, done: list, space: SearchSpace, epochs: int,
+                   names: list[str]) -> dict[str, dict]:
+    """The results (objectives ``names``, and the score ASHA ranks by) of the finished trials in ``done`` that
+    trained all ``epochs``, by ``point_key``."""
     known = {}
     for run in done:
-        if not Tracker.finished(run) or METRIC not in run.data.metrics:
+        if not Tracker.finished(run) or names[0] not in run.data.metrics:
             continue
-        history = tracker.client.get_metric_history(run.info.run_id, METRIC)
+        history = tracker.client.get_metric_history(run.info.run_id, names[0])
         if max(m.step for m in history) >= epochs:
-            metrics = {name: value for name, value in run.data.metrics.items() if name in (METRIC, BATCH_METRIC, SCORE)}
+            metrics = {name: value for name, value in run.data.metrics.items() if name in [*names, SCORE]}
             known[point_key(space, json.loads(run.data.tags[CONFIG]))] = metrics
     return known
 
@@ -206,9 +211,9 @@ def _plan(settings: TuneSettings, space: SearchSpace, done: list) -> tuple[objec
     points, rewards = [], []
     if len(names) == 1:  # Ray's warm start takes one value per trial
         for run in done:
-            if Tracker.finished(run) and METRIC in run.data.metrics:
+            if Tracker.finished(run) and names[0] in run.data.metrics:
                 points.append(space.optuna_point(json.loads(run.data.tags[CONFIG])))
-                rewards.append(run.data.metrics[METRIC])
+                rewards.append(run.data.metrics[names[0]])
     searcher = OptunaSearch(
         sampler=sampler, metric=names if len(names) > 1 else names[0],
         mode=[MODE] * len(names) if len(names) > 1 else MODE,

@@ -26,6 +26,7 @@ NODE = "scssl.node"  # the IP address of the Ray node that ran a trial
 VARIANT = "scssl.variant"  # a retrain run's label within a sweep, e.g. "temperature=0.5"; absent: ""
 JOB_KEY = "scssl.job_key"  # a retrain run's identity: a digest of everything that changes its result
 SUPERSEDED = "scssl.superseded"  # "true" on a finished retrain run whose job the experiment no longer has
+OBJECTIVE = "scssl.objective"  # a tuning run's: the metric its search maximised
 TUNE_KEY = "scssl.tune_key"  # a tuning run's: a digest of what changes a trial's result besides its sampled values
 
 
