@@ -23,7 +23,7 @@ def _methods() -> None:
     from scssl.methods import METHODS
 
     for name, cls in METHODS.items():
-        kind = "SSL method" if cls.trainable else "baseline, fits by itself"
+        kind = cls.kind
         if cls.modality is not None:
             kind += ", multimodal data only" if cls.modality == "any" else f", RNA + {cls.modality} data only"
         print(f"{name} ({kind}): {cls.__doc__.strip().splitlines()[0] if cls.__doc__ else ''}")

@@ -11,6 +11,32 @@ from scssl.cli import main
 pytestmark = pytest.mark.slow
 
 
+def test_totalvi_and_multivi_train_inside_ray_trials_and_fill_the_tables(tmp_path):
+    from scssl.tune.tracking import Tracker
+
+    experiment = tmp_path / "generative.yaml"
+    spaces = tmp_path / "spaces"
+    spaces.mkdir()
+    for name in ("totalvi", "multivi"):
+        (spaces / f"{name}.yaml").write_text(yaml.safe_dump({"method": {"n_latent": {"choice": [8, 12]}}}))
+    base = {"output_dir": "out", "search_spaces": "spaces", "tasks": ["cell_typing", "modality_prediction"],
+            "train": {"epochs": 2, "batch_size": 128, "lr": 4.0e-3},
+            "tune": {"num_samples": 2, "objective": "modality_prediction"}, "final": {"seeds": [0]}}
+    for name, dataset in (("totalvi", "bmmc_cite"), ("multivi", "bmmc_multiome")):
+        experiment.write_text(yaml.safe_dump({"name": name, "datasets": [{"name": dataset}],
+                                              "methods": ["pca", name], **base}))
+        assert main(["run", str(experiment), "--output-dir", str(tmp_path / name)]) == 0
+        tracker = Tracker(f"sqlite:///{tmp_path / name / 'mlflow.db'}", name, tmp_path / name / "mlartifacts")
+        trials = tracker.runs(stage="tune", method=name)
+        assert len(trials) == 2 and all(Tracker.finished(r) for r in trials)
+        assert all("val_modality_pearson" in r.data.metrics for r in trials)
+        prediction = pd.read_csv(tmp_path / name / "results" / "modality_prediction.csv").set_index("method")
+        assert prediction.loc[name, ["pearson_mean", "model_pearson_mean"]].between(-1, 1).all()
+        assert pd.isna(prediction.loc["pca"].get("model_pearson_mean"))  # PCA predicts nothing itself
+        typing = pd.read_csv(tmp_path / name / "results" / "cell_typing.csv").set_index("method")
+        assert typing.loc[name, ["macro_f1_mean", "rna_macro_f1_mean"]].between(0, 1).all()
+
+
 def test_a_multimodal_transfer_study_fills_every_task_table(tmp_path):
     experiment = tmp_path / "tasks.yaml"
     experiment.write_text(yaml.safe_dump({

@@ -96,3 +96,19 @@ def test_a_transfer_row_trains_on_the_pretraining_cells(tmp_path):
     assert np.isfinite(metrics["mse"])
     metrics, _ = TASKS["cell_typing"].run(shared, inputs)
     assert 0 <= metrics["accuracy"] <= 1
+
+
+def test_a_model_pretrained_on_another_protein_panel_embeds_the_target_from_its_rna(tmp_path):
+    from scssl.data import resolve
+
+    big = prepare(resolve(DatasetSpec(name="bmmc_cite"), tmp_path))  # 134 proteins
+    small = prepare(resolve(DatasetSpec(name="pbmc_hao2021_cite"), tmp_path), genes=big.genes)  # 224 proteins
+    shared = SharedData.build(small, TuneSettings(), False, pretrain=big)
+    assert shared.cells().other is None and shared.training_data("reference").other.shape[1] == 134
+    trial = trial_settings(METHODS["simclr"], TrainSettings(epochs=1, batch_size=64), AugmentationConfig(),
+                           {"method": {"embedding_dim": 8}})
+    metrics, embedding = TASKS["cell_typing"].run(shared, TaskInputs("simclr", trial, 0, 1, FineTuneSettings()))
+    assert embedding.shape == (small.n_cells, 8)  # the RNA encoder's: no encoder for this panel
+    assert metrics["macro_f1"] == metrics["rna_macro_f1"]
+    own = SharedData.build(big, TuneSettings(), False, pretrain=big)  # the same panel: the joint embedding
+    assert own.cells().other is not None

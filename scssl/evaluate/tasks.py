@@ -94,6 +94,17 @@ class SharedData:
         return cls(dataset, is_validation, pre, graph(dataset, reference), graph(dataset), pretrain,
                    graph(pretrain) if pretrain is not None else None)
 
+    def cells(self, rows: np.ndarray | None = None) -> Cells:
+        """This data set's cells (or its ``rows``) as the tasks embed them. In a transfer whose pretraining data
+        set lacks this one's second modality (none, or another kind or panel), their RNA alone: the model has
+        no encoder for that modality."""
+        cells = self.dataset.cells(rows)
+        mine, theirs = self.dataset.other, None if self.pretrain is None else self.pretrain.other
+        if self.pretrain is not None and mine is not None and (
+                theirs is None or theirs.kind != mine.kind or not np.array_equal(theirs.features, mine.features)):
+            return rna_only(cells)
+        return cells
+
     def training_data(self, cells: str) -> Cells:
         """The ``reference`` cells or ``all`` cells as a method trains on them; with a pretraining data set,
         all of its cells whatever the task."""
@@ -128,7 +139,7 @@ def _fit(shared: SharedData, inputs: TaskInputs, cells: str):
 
 def batch_correction(shared: SharedData, inputs: TaskInputs):
     ds = shared.dataset
-    embedding = _fit(shared, inputs, "all").embed(ds.cells())
+    embedding = _fit(shared, inputs, "all").embed(shared.cells())
     labels = ds.labels
     return scib_scores(embedding, ds.obs["batch"].to_numpy(), labels, shared.pre_integration,
                        n_jobs=inputs.threads), embedding
@@ -137,12 +148,12 @@ def batch_correction(shared: SharedData, inputs: TaskInputs):
 def cell_typing(shared: SharedData, inputs: TaskInputs):
     ds = shared.dataset
     model = _fit(shared, inputs, "reference")
-    embedding = model.embed(ds.cells())
+    embedding = model.embed(shared.cells())
     labels = ds.labels
     ref, query = ds.reference_index, ds.query_index
     metrics = knn_cell_typing(embedding[ref], labels[ref], embedding[query], labels[query])
     if ds.other is not None:  # multimodal: the same from the RNA alone
-        rna = model.embed(rna_only(ds.cells()))
+        rna = model.embed(rna_only(shared.cells()))
         scores = knn_cell_typing(rna[ref], labels[ref], rna[query], labels[query])
         metrics.update({f"rna_{k}": v for k, v in scores.items()})
     return metrics, embedding
@@ -159,7 +170,7 @@ def reconstruction(shared: SharedData, inputs: TaskInputs):
     ds = shared.dataset
     ref, query = ds.reference_index, ds.query_index
     model = _fit(shared, inputs, "reference")
-    embedding = model.embed(ds.cells())
+    embedding = model.embed(shared.cells())
     made = model.reconstruct(ds.X[query], seed=inputs.seed)
     floors = {"mean_floor": mean_reconstruction(ds.X[ref], len(query)),  # PCA: as many components as the embedding
               "pca_floor": pca_reconstruction(ds.X[ref], made.inputs, embedding.shape[1], seed=inputs.seed)}
@@ -178,13 +189,13 @@ def modality_prediction(shared: SharedData, inputs: TaskInputs):
     ds = shared.dataset
     ref, query = ds.reference_index, ds.query_index
     model = _fit(shared, inputs, "reference")
-    embedding = model.embed(rna_only(ds.cells()))  # the RNA embedding
+    embedding = model.embed(rna_only(shared.cells()))  # the RNA embedding
     target, binary = ds.other.target, ds.other.kind == "atac"
     predicted = knn_modality_prediction(embedding[ref], target[ref], embedding[query])
     truth = np.asarray(target[query].todense(), dtype=np.float32)
     metrics = modality_prediction_scores(truth, predicted, binary=binary)
     if get_method(inputs.method).predicts_other:  # the model's own prediction from the query's RNA
-        own = model.predict_other(rna_only(ds.cells(query)))
+        own = model.predict_other(rna_only(shared.cells(query)))
         metrics.update({f"model_{k}": v for k, v in modality_prediction_scores(truth, own, binary=binary).items()})
     return metrics, embedding
 
@@ -205,7 +216,7 @@ def cross_modality_prediction(shared: SharedData, inputs: TaskInputs):
                             ds.X[query], inputs.fine_tuning, inputs.seed, device, freeze)
         scores = modality_prediction_scores(truth, predicted)
         metrics.update({f"{prefix}{k}": scores[k] for k in CROSS_MODALITY_METRICS})
-    return metrics, model.embed(ds.cells())
+    return metrics, model.embed(shared.cells())
 
 
 def fine_tuned_cell_typing(shared: SharedData, inputs: TaskInputs):
@@ -225,7 +236,7 @@ def fine_tuned_cell_typing(shared: SharedData, inputs: TaskInputs):
     torch.manual_seed(inputs.seed)  # the twin: the same architecture, initialised as the pretraining started
     scratch = type(network)(ds.X.shape[1], inputs.trial.params, network.n_other).rna_encoder.to(device)
     metrics.update({f"scratch_{k}": v for k, v in fine_tune(scratch, dim, *args).items()})
-    return metrics, model.embed(ds.cells())
+    return metrics, model.embed(shared.cells())
 
 
 @dataclass(frozen=True)

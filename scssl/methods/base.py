@@ -249,6 +249,7 @@ class SSLMethod(nn.Module):
     """
 
     name: ClassVar[str]
+    kind: ClassVar[str] = "SSL method"  # what ``scssl methods`` calls it
     Params: ClassVar[type[EncoderParams]]
     trainable: ClassVar[bool] = True  # trained by the shared loop, tuned over a search space
     sections: ClassVar[frozenset[str]] = frozenset({"train"})
@@ -376,6 +377,7 @@ class FittedMethod(Protocol):
     """
 
     name: ClassVar[str]
+    kind: ClassVar[str]
     Params: ClassVar[type]
     trainable: ClassVar[bool]
     sections: ClassVar[frozenset[str]]

@@ -28,6 +28,7 @@ class PCABaseline:
     """Fits PCA on the training cells and projects any cells onto it (or back: its reconstruction)."""
 
     name: ClassVar[str] = "pca"
+    kind: ClassVar[str] = "baseline, fits by itself"
     Params: ClassVar[type] = PCAParams
     trainable: ClassVar[bool] = False
     sections: ClassVar[frozenset[str]] = frozenset()

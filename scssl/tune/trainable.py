@@ -54,7 +54,7 @@ def run_trial(
     method_cls = get_method(method)
     trial = trial_settings(method_cls, train_settings, augment, unwrap(config))
     reference = shared.dataset.reference_index
-    cells = shared.dataset.cells(reference)
+    cells = shared.cells(reference)
     labels = shared.dataset.label_codes[reference]
     batches = shared.dataset.obs["batch"].to_numpy()[reference]
     validation = shared.is_validation
