@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,20 +166,27 @@ def _collect(body: Any, prefix: tuple[str, ...], cls: type, path: Path, out: dic
     where = ".".join(prefix)
     if not isinstance(body, dict):
         raise ConfigError(f"{path}: {where}: expected a mapping of keys")
-    types = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls)
     for key, value in body.items():
-        if key not in types:
+        if key not in hints:
             raise ConfigError(
                 f"{path}: {where}.{key}: {key!r} is not a parameter of {cls.__name__}; "
-                f"parameters are {sorted(types)}"
+                f"parameters are {sorted(hints)}"
             )
-        if dataclasses.is_dataclass(types[key]):
-            _collect(value, prefix + (key,), types[key], path, out, base_dir)
+        block = _settings_block(hints[key])
+        if block is not None:
+            _collect(value, prefix + (key,), block, path, out, base_dir)
         else:
             domain = _domain(value, f"{path}: {where}.{key}")
             if key in getattr(cls, "FILE_KEYS", ()) and base_dir is not None:
                 domain = _files_from(domain, base_dir)
             out[prefix + (key,)] = domain
+
+
+def _settings_block(hint: Any) -> type | None:
+    """The settings class of a key that holds a block of settings (``X`` or ``X | None``), else None."""
+    candidates = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return next((c for c in candidates if dataclasses.is_dataclass(c)), None)
 
 
 def _files_from(value: Any, base_dir: Path) -> Any:

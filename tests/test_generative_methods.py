@@ -61,8 +61,8 @@ def test_embeds_and_predicts_cells_without_the_second_modality(case):
     else:  # totalVI's denoised protein averaged over the training batches, CLR per cell as the package's protein
         data = model._in_model(_without_other(ds.cells(query)))
         with seeded(model.seed):
-            _, protein = model.model.get_normalized_expression(data, transform_batch=model.batches, n_samples=SAMPLES,
-                                                               return_numpy=True)
+            _, protein = model.model.get_normalized_expression(data, transform_batch=model._measured(),
+                                                               n_samples=SAMPLES, return_numpy=True)
         np.testing.assert_allclose(predicted, clr(protein).toarray(), rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(predicted, model.predict_other(_without_other(ds.cells(query))))
 
@@ -80,3 +80,20 @@ def test_training_improves_the_models_own_prediction(case):
 
     short, long = score(1), score(30)
     assert long > short + 0.02, f"{cls.name}: {short:.3f} after 1 epoch, {long:.3f} after 30"
+
+
+def test_both_train_on_cells_without_the_second_modality(case):
+    cls, ds, lr = case
+    ref = ds.reference_index
+    paired, alone = ds.cells(ref[:150]), ds.cells(ref[150:])
+    cells = paired.with_rna_only(replace(alone, other=None, other_counts=None))
+    model = cls(cls.Params(), seed=0).fit(cells, TrainSettings(epochs=2, lr=lr, batch_size=64))
+    assert model.model.adata.n_obs >= cells.n_cells  # every cell trained on
+    if cls is TotalVI:  # unmeasured protein: batches of their own, masked by totalVI
+        batches = set(model.model.adata.obs["batch"].astype(str))
+        assert any(b.endswith("|rna_only") for b in batches)
+        mask = model.model.protein_state_registry.protein_batch_mask  # per batch: which proteins were measured
+        assert mask is not None and any(not np.asarray(v).any() for v in mask.values())
+    else:  # MultiVI: a cell with no accessible peak is an RNA-only cell
+        assert (np.asarray(model.model.adata.mod["atac"].X.sum(axis=1)).ravel() == 0).sum() >= len(ref) - 150
+    assert model.embed(ds.cells()).shape[0] == ds.n_cells

@@ -59,20 +59,38 @@ def test_a_mudata_file_and_two_h5ad_files_give_the_same_data_set(tmp_path):
     np.testing.assert_allclose(two_files.other.X[5].toarray().ravel(), expected, rtol=1e-5)
 
 
-def test_cells_measured_in_one_modality_are_dropped_and_counted(tmp_path):
+def test_cells_measured_in_one_modality_are_kept_for_the_methods_that_use_them_or_dropped(tmp_path):
     rna, other = _paired()
     rna[:80].copy().write_h5ad(tmp_path / "rna.h5ad")  # 10 cells with protein only
-    other[5:].copy().write_h5ad(tmp_path / "adt.h5ad")  # 5 cells with RNA only
+    other[5:].copy().write_h5ad(tmp_path / "adt.h5ad")  # 5 cells with RNA only (batch a)
     ds = prepare(_spec(tmp_path / "rna.h5ad", path=str(tmp_path / "adt.h5ad")))
-    assert ds.n_cells == 75 and ds.other.X.shape == (75, 12)
-    assert "dropped 5 cells with RNA but no protein measurement (mosaic)" in ds.notes
+    assert ds.n_cells == 75 and ds.other.X.shape == (75, 12)  # the tasks score the paired cells
+    assert any(n.startswith("kept 5 cells with RNA but no protein measurement (mosaic)") for n in ds.notes)
     assert "dropped 10 cells with protein but no RNA measurement (mosaic)" in ds.notes
+    kept = ds.rna_only.cells
+    assert kept.X.shape == (5, ds.X.shape[1]) and list(kept.genes) == list(ds.genes)
+    assert not ds.rna_only.is_query.any() and set(kept.batch_codes) == {list(ds.obs["batch"].cat.categories).index("a")}
+    # preprocessed as the paired cells: log-normalised counts of the same genes
+    counts = rna.X[:5].toarray()
+    genes = [list(rna.var_names).index(g) for g in ds.genes]
+    expected = np.log1p(counts / counts.sum(axis=1, keepdims=True) * 1e4)[:, genes]
+    np.testing.assert_allclose(kept.X.toarray(), expected, rtol=1e-5)
+    np.testing.assert_array_equal(kept.counts.toarray(), counts[:, genes])
+    # methods that can use them train on them after the paired reference cells, their protein unobserved
+    shared = SharedData.build(ds, TuneSettings(), with_graphs=False)
+    plain, mosaic = shared.training_data("reference"), shared.training_data("reference", rna_only=True)
+    n_ref = len(ds.reference_index)
+    assert plain.n_cells == n_ref and plain.other_observed is None
+    assert mosaic.n_cells == n_ref + 5 and mosaic.other_observed.tolist() == [True] * n_ref + [False] * 5
+    assert mosaic.other_counts[n_ref:].nnz == 0 and mosaic.other.shape == (n_ref + 5, 12)
+    assert TASKS["cell_typing"].serves("totalvi") and METHODS["totalvi"].uses_rna_only
+    assert not METHODS["simclr"].uses_rna_only
 
 
 def test_the_builtin_mosaic_and_multiome_data_sets(tmp_path):
     hao = prepare(resolve(DatasetSpec(name="pbmc_hao2021_cite"), tmp_path))
     assert hao.n_cells == 800 and hao.other.X.shape == (800, 224)
-    assert "dropped 400 cells with RNA but no protein measurement (mosaic)" in hao.notes
+    assert hao.rna_only.cells.n_cells == 400 and not hao.rna_only.is_query.any()  # donor p1_0: RNA only
     multiome = prepare(resolve(DatasetSpec(name="bmmc_multiome", modality=ModalitySpec(
         kind="atac", path=str(Path(resolve(DatasetSpec(name="bmmc_multiome"), tmp_path).modality.path)),
         counts_layer="counts", n_features=100)), tmp_path))

@@ -159,3 +159,17 @@ def test_vicreg_on_two_modalities_beats_its_untrained_joint_embedding(cite):
                   AugmentationConfig())
     trained = knn_accuracy(embed(model, cite.cells()), labels, is_val)
     assert trained > untrained + 0.03, f"kNN accuracy {untrained:.3f} -> {trained:.3f}"
+
+
+def test_a_search_space_tunes_the_second_modalitys_augmentations(tmp_path):
+    from scssl.methods import get_method
+    from scssl.search_space import load_search_space, trial_settings
+
+    path = tmp_path / "simclr.yaml"
+    path.write_text(yaml.safe_dump({"augment": {"other": {"masking": {"rate": {"uniform": [0.1, 0.9]}}}}}))
+    space = load_search_space(path, get_method("simclr"))
+    assert list(space.entries) == [("augment", "other", "masking", "rate")]
+    rna = parse(AugmentationConfig, {"preset": "base", "other": {"preset": "base"}}, "t")
+    trial = trial_settings(get_method("simclr"), TrainSettings(), rna, {"augment": {"other": {"masking": {"rate": 0.7}}}})
+    assert trial.augment.other.masking.rate == 0.7 and trial.augment.other.gaussian_noise.prob == 0.0
+    assert trial.augment.masking.rate == 0.2  # the RNA's untouched

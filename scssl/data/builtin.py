@@ -57,7 +57,8 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
         counts_layer=None,
         query_batches=("p4_0",),
         description="Hao et al. 2021 PBMC CITE-seq mosaic (MuData): 800 cells with RNA (500 genes) and 224 "
-        "proteins from 2 donors, plus 400 RNA-only and 400 protein-only cells (dropped), 8 cell types. MIT.",
+        "proteins from 2 donors, plus 400 RNA-only cells (donor p1_0; totalVI and MultiVI train on them) and 400 "
+        "protein-only cells (dropped), 8 cell types. MIT.",
         modality=ModalitySpec(kind="protein", mod="adt"),
     ),
     "bmmc_multiome": BuiltinDataset(

@@ -66,8 +66,9 @@ class Cells:
     ``X`` is the log-normalised expression of the data set's genes (``genes``); ``counts`` the raw counts
     of the same genes (for methods with a count likelihood); ``batch_codes`` integer batches. With a second
     modality (``other_kind`` protein or atac), ``other`` is what a network sees of it (CLR / log1p protein,
-    TF-IDF peaks) and ``other_counts`` its raw counts (peaks: binary). ``graph`` is the cells' neighbour
-    graph, for the BBKNN and MNN augmentations (training only).
+    TF-IDF peaks) and ``other_counts`` its raw counts (peaks: binary); ``other_observed`` marks the cells
+    whose second modality was measured (None: all; the others, mosaic data's RNA-only cells, hold zeros).
+    ``graph`` is the cells' neighbour graph, for the BBKNN and MNN augmentations (training only).
     """
 
     X: np.ndarray | sp.spmatrix
@@ -78,6 +79,7 @@ class Cells:
     other: sp.spmatrix | None = None
     other_counts: sp.spmatrix | None = None
     other_kind: str | None = None
+    other_observed: np.ndarray | None = None
 
     @property
     def n_cells(self) -> int:
@@ -90,4 +92,18 @@ class Cells:
             return None if matrix is None else matrix[rows]
 
         return Cells(self.X[rows], self.genes, cut(self.batch_codes), None, cut(self.counts), cut(self.other),
-                     cut(self.other_counts), self.other_kind)
+                     cut(self.other_counts), self.other_kind, cut(self.other_observed))
+
+    def with_rna_only(self, extra: "Cells") -> "Cells":
+        """These cells followed by ``extra``, cells measured by RNA alone (same genes): their second modality
+        zero and marked unobserved; without a graph."""
+        n = extra.n_cells
+
+        def zeros(matrix):
+            return sp.vstack([matrix, sp.csr_matrix((n, matrix.shape[1]), dtype=matrix.dtype)]).tocsr()
+
+        observed = np.ones(self.n_cells, bool) if self.other_observed is None else self.other_observed
+        return Cells(sp.vstack([self.X, extra.X]).tocsr(), self.genes,
+                     np.concatenate([self.batch_codes, extra.batch_codes]), None,
+                     sp.vstack([self.counts, extra.counts]).tocsr(), zeros(self.other), zeros(self.other_counts),
+                     self.other_kind, np.concatenate([observed, np.zeros(n, bool)]))

@@ -57,22 +57,26 @@ def modality_of(data, mod: str, source: str, key: str) -> ad.AnnData:
     return adata
 
 
-def pair_cells(rna: ad.AnnData, other: ad.AnnData, kind: str) -> tuple[ad.AnnData, ad.AnnData, list[str]]:
-    """The cells measured in both modalities, in the RNA's order, and one note per kind of cell dropped
-    (mosaic data: a cell with one modality only)."""
+def pair_cells(rna: ad.AnnData, other: ad.AnnData, kind: str
+               ) -> tuple[ad.AnnData, ad.AnnData, ad.AnnData | None, list[str]]:
+    """The cells measured in both modalities (RNA and other, in the RNA's order), those measured by RNA
+    alone (mosaic data; None if there are none), and one note per kind of unpaired cell: the RNA-only ones
+    are kept for the methods that train on them, those without RNA dropped."""
     in_other = rna.obs_names.isin(other.obs_names)
     in_rna = other.obs_names.isin(rna.obs_names)
     if not in_other.any():
         raise DataError(f"no cell name of the RNA (e.g. {', '.join(rna.obs_names[:3])}) is among the {kind} "
                         f"file's (e.g. {', '.join(other.obs_names[:3])}); the two must name the same cells",
                         "modality.path")
-    notes = []
+    notes, rna_only = [], None
     if not in_other.all():
-        notes.append(f"dropped {int((~in_other).sum())} cells with RNA but no {kind} measurement (mosaic)")
+        notes.append(f"kept {int((~in_other).sum())} cells with RNA but no {kind} measurement (mosaic) for the "
+                     "methods that train on them (totalVI, MultiVI); the tasks score the paired cells")
+        rna_only = rna[~in_other].copy()
     if not in_rna.all():
         notes.append(f"dropped {int((~in_rna).sum())} cells with {kind} but no RNA measurement (mosaic)")
     rna = rna[in_other].copy()
-    return rna, other[rna.obs_names].copy(), notes
+    return rna, other[rna.obs_names].copy(), rna_only, notes
 
 
 def preprocess(spec: ModalitySpec, counts: sp.csr_matrix, features: np.ndarray, is_reference: np.ndarray) -> Modality:

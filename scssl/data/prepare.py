@@ -33,6 +33,15 @@ _CHUNK = 1 << 22  # stored values checked at once: bounds the memory of the mask
 
 
 @dataclass
+class RNAOnlyCells:
+    """Mosaic data's cells measured by RNA alone, preprocessed as the data set's; ``is_query`` marks those of
+    query batches."""
+
+    cells: Cells
+    is_query: np.ndarray
+
+
+@dataclass
 class PreparedDataset:
     """Log-normalised HVG expression of all cells, with batch, label and reference/query split.
 
@@ -41,7 +50,8 @@ class PreparedDataset:
     each, what ``prepare`` dropped from the file. Aligned to another data set's genes (transfer),
     ``missing_genes`` marks the columns this file lacks (all zero). ``other`` is the second modality of
     multimodal data (its rows are these cells). ``counts`` holds the raw counts of ``X``'s genes (zero
-    where a gene is missing), for methods with a count likelihood.
+    where a gene is missing), for methods with a count likelihood. ``rna_only``: mosaic data's cells measured
+    by RNA alone, for the methods that train on them (the tasks score the paired cells).
     """
 
     id: str
@@ -54,6 +64,7 @@ class PreparedDataset:
     missing_genes: np.ndarray | None = None
     other: Modality | None = None
     counts: sp.csr_matrix | None = None
+    rna_only: RNAOnlyCells | None = None
 
     @property
     def n_cells(self) -> int:
@@ -88,6 +99,10 @@ class PreparedDataset:
                  np.asarray(self.X.indices, "<i8"), np.asarray(self.X.indptr, "<i8")]
         texts = [self.genes, self.obs.index, self.obs["batch"], self.obs["label"], self.obs["split"]]
         texts += [] if self.missing_genes is None else [self.missing_genes]
+        if self.rna_only is not None:
+            extra = self.rna_only.cells.X
+            parts += [np.ascontiguousarray(extra.data, "<f4"), np.asarray(extra.indices, "<i8"),
+                      np.asarray(extra.indptr, "<i8"), np.asarray(self.rna_only.cells.batch_codes, "<i8")]
         if self.other is not None:
             other = self.other.X
             parts += [np.ascontiguousarray(other.data, "<f4"), np.asarray(other.indices, "<i8"),
@@ -142,9 +157,10 @@ def prepare(spec: DatasetSpec, adata: ad.AnnData | None = None, genes: np.ndarra
     multimodal = read_h5mu(spec.path) if spec.path.endswith(".h5mu") else None  # read once, for both modalities
     if adata is None:
         adata = read_h5ad(spec.path) if multimodal is None else modality_of(multimodal, spec.rna_mod, source, "rna_mod")
-    paired_notes, other = [], None
+    paired_notes, other, rna_only = [], None, None
     if spec.modality is not None:
-        adata, other, paired_notes = pair_cells(adata, other_modality(spec, multimodal), spec.modality.kind)
+        adata, other, rna_only, paired_notes = pair_cells(adata, other_modality(spec, multimodal),
+                                                          spec.modality.kind)
     for what, key in (("batch_key", spec.batch_key), ("labels_key", spec.labels_key)):
         if key not in adata.obs:
             raise DataError(
@@ -219,8 +235,37 @@ def prepare(spec: DatasetSpec, adata: ad.AnnData | None = None, genes: np.ndarra
     second = None
     if other is not None:
         second = preprocess(spec.modality, other_counts, np.asarray(other.var_names.astype(str)), ~is_query)
+    unpaired = None
+    if rna_only is not None:
+        unpaired = _rna_only_cells(rna_only, spec, np.asarray(genes), list(obs["batch"].cat.categories), source, notes)
     return PreparedDataset(spec.label, X, np.asarray(genes), obs, spec.batch_key, spec.labels_key, notes, missing,
-                           second, gene_counts)
+                           second, gene_counts, unpaired)
+
+
+def _rna_only_cells(rna: ad.AnnData, spec: DatasetSpec, genes: np.ndarray, batches: list[str], source: str,
+                    notes: list[str]) -> RNAOnlyCells | None:
+    """Mosaic data's RNA-only cells preprocessed as the paired ones, on their genes; those without counts or
+    a batch dropped (noted); batch codes extend the data set's batches."""
+    import scanpy as sc
+
+    counts = _counts(rna, spec.counts_layer, source)
+    batch = rna.obs[spec.batch_key]
+    keep = (np.asarray(counts.sum(axis=1)).ravel() > 0) & ~_missing(batch)
+    if not keep.all():
+        notes.append(f"dropped {int((~keep).sum())} of the RNA-only cells: no counts or no batch")
+    if not keep.any():
+        return None
+    batch = batch[keep].astype(str).to_numpy()
+    var = pd.DataFrame(index=rna.var_names.astype(str))
+    cells = ad.AnnData(counts[keep].copy(), var=var)
+    sc.pp.normalize_total(cells, target_sum=1e4)
+    sc.pp.log1p(cells)
+    X, _ = _aligned(cells, genes, source)
+    gene_counts, _ = _aligned(ad.AnnData(counts[keep], var=var), genes, source)
+    categories = batches + sorted(set(batch) - set(batches))
+    codes = pd.Categorical(batch, categories=categories).codes.astype(np.int64)
+    is_query = np.isin(batch, list(spec.query_batches or []))
+    return RNAOnlyCells(Cells(X, genes, codes, counts=gene_counts), is_query)
 
 
 def _aligned(cells: ad.AnnData, genes: np.ndarray, source: str) -> tuple[sp.csr_matrix, np.ndarray]:

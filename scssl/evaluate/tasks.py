@@ -105,15 +105,21 @@ class SharedData:
             return rna_only(cells)
         return cells
 
-    def training_data(self, cells: str) -> Cells:
+    def training_data(self, cells: str, rna_only: bool = False) -> Cells:
         """The ``reference`` cells or ``all`` cells as a method trains on them; with a pretraining data set,
-        all of its cells whatever the task."""
+        all of its cells whatever the task. With ``rna_only`` (a method that can use them), mosaic data's
+        RNA-only cells of the same batches follow."""
         if self.pretrain is not None:
-            return replace(self.pretrain.cells(), graph=self.pretrain_graph)
-        ds = self.dataset
-        if cells == "all":
-            return replace(ds.cells(), graph=self.all_graph)
-        return replace(ds.cells(ds.reference_index), graph=self.reference_graph)
+            ds, rows, graph = self.pretrain, None, self.pretrain_graph
+        elif cells == "all":
+            ds, rows, graph = self.dataset, None, self.all_graph
+        else:
+            ds, rows, graph = self.dataset, self.dataset.reference_index, self.reference_graph
+        data = replace(ds.cells(rows), graph=graph)
+        extra = ds.rna_only
+        if not rna_only or extra is None:
+            return data
+        return data.with_rna_only(extra.cells if rows is None else extra.cells.subset(~extra.is_query))
 
 
 @dataclass(frozen=True)
@@ -132,7 +138,8 @@ class TaskInputs:
 def _fit(shared: SharedData, inputs: TaskInputs, cells: str):
     """The method fitted on the ``reference`` or ``all`` cells; the time it took counts as training."""
     trial, started = inputs.trial, time.perf_counter()
-    model = fit(inputs.method, trial.params, shared.training_data(cells), trial.train, trial.augment, inputs.seed)
+    data = shared.training_data(cells, get_method(inputs.method).uses_rna_only)
+    model = fit(inputs.method, trial.params, data, trial.train, trial.augment, inputs.seed)
     inputs.timings["train_seconds"] += time.perf_counter() - started
     return model
 

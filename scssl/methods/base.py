@@ -258,6 +258,7 @@ class SSLMethod(nn.Module):
     uses_other: ClassVar[bool] = True  # trains on a second modality when the data has one
     modality: ClassVar[str | None] = None  # the second modality it needs: "any", "protein", "atac" or None
     predicts_other: ClassVar[bool] = False
+    uses_rna_only: ClassVar[bool] = False  # trains on mosaic data's RNA-only cells too
 
     def __init__(self, n_genes: int, params: EncoderParams, n_other: int = 0):
         super().__init__()
@@ -373,7 +374,8 @@ class FittedMethod(Protocol):
     """A method that fits by itself, not by the shared loop (PCA; totalVI and MultiVI by scvi-tools).
 
     ``modality`` is the second modality it needs (None: any data); ``predicts_other``: it predicts that
-    modality itself (``predict_other``), besides the kNN protocol every method gets.
+    modality itself (``predict_other``), besides the kNN protocol every method gets; ``uses_rna_only``: it
+    trains on mosaic data's RNA-only cells too (their ``Cells.other_observed`` False).
     """
 
     name: ClassVar[str]
@@ -385,6 +387,7 @@ class FittedMethod(Protocol):
     fine_tunable: ClassVar[bool]
     modality: ClassVar[str | None]
     predicts_other: ClassVar[bool]
+    uses_rna_only: ClassVar[bool]
 
     def __init__(self, params: Any, seed: int = 0): ...
 

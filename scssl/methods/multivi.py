@@ -6,8 +6,8 @@ given the RNA counts and the binarised peaks as a MuData. Trained on every given
 epochs, learning rate, weight decay and batch size, with no validation split, early stopping or
 learning-rate schedule (the study tunes and scores on its own split).
 
-Cells without ATAC (missing-modality prediction embeds and predicts the query from its RNA) are handled as
-MultiVI handles unpaired cells natively: a cell whose peaks are all zero is an RNA-only cell, embedded by
+Cells without ATAC (missing-modality prediction embeds and predicts the query from its RNA; mosaic data's
+RNA-only cells, which it trains on) are handled as MultiVI handles unpaired cells natively: a cell whose peaks are all zero is an RNA-only cell, embedded by
 the RNA encoder alone. The model's own prediction is its accessibility probability of each peak, averaged
 over the training batches.
 """

@@ -36,6 +36,7 @@ class PCABaseline:
     fine_tunable: ClassVar[bool] = False
     modality: ClassVar[str | None] = None
     predicts_other: ClassVar[bool] = False
+    uses_rna_only: ClassVar[bool] = False
 
     def __init__(self, params: PCAParams, seed: int = 0):
         self.params = params

@@ -83,6 +83,7 @@ class ScviMethod:
     reconstructs: ClassVar[bool] = False
     fine_tunable: ClassVar[bool] = False
     predicts_other: ClassVar[bool] = True
+    uses_rna_only: ClassVar[bool] = True
     modality: ClassVar[str | None]
 
     def __init__(self, params, seed: int = 0):

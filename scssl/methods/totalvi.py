@@ -6,9 +6,10 @@ training embed without scArches' query training; the decoders still model each b
 given cell for the experiment's epochs, learning rate, weight decay and batch size, with no validation
 split, early stopping or learning-rate schedule (the study tunes and scores on its own split).
 
-Cells without protein (missing-modality prediction embeds and predicts the query from its RNA): totalVI
-handles a batch whose proteins are all zero as unmeasured (its ``protein_batch_mask``), and the encoder
-then sees zeros. With ``learn_rna_only`` (the default) the training cells are also given a second time
+Cells without protein (missing-modality prediction embeds and predicts the query from its RNA; mosaic
+data's RNA-only cells, which it trains on): totalVI handles a batch whose proteins are all zero as
+unmeasured (its ``protein_batch_mask``), so such cells get batches of their own, and the encoder then sees
+zeros. With ``learn_rna_only`` (the default) the training cells are also given a second time
 with their protein unmeasured, in batches of their own, so that the encoder learns to embed RNA alone (the
 recipe of scvi-tools' protein imputation, without the query's own cells); training then takes twice as
 long. The model's own protein prediction is its denoised foreground protein (the mean of 25 posterior
@@ -61,13 +62,17 @@ class TotalVI(ScviMethod):
         counts = sp.csr_matrix(cells.counts, dtype=np.float32)
         unmeasured = np.zeros((cells.n_cells, self.n_other), np.float32)
         protein = unmeasured if cells.other_counts is None else dense(cells.other_counts)
-        batch = self._batch_column(cells, training)
-        if training and self.params.learn_rna_only:  # the same cells again, their protein unmeasured
-            counts = sp.vstack([counts, counts]).tocsr()
-            protein = np.vstack([protein, unmeasured])
-            batch = np.concatenate([batch, np.char.add(batch, RNA_ONLY)])
-        elif cells.other_counts is None and self.params.learn_rna_only:  # like the cells it learnt RNA alone from
-            batch = np.full(cells.n_cells, self.batches[0] + RNA_ONLY)
+        if training:  # a cell without protein (mosaic data) in a batch of its own: totalVI masks that batch's
+            observed = np.ones(cells.n_cells, bool) if cells.other_observed is None else cells.other_observed
+            batch = self._batch_column(cells, training)
+            batch = np.where(observed, batch, np.char.add(batch, RNA_ONLY))
+            if self.params.learn_rna_only:  # the measured cells again, their protein unmeasured
+                counts = sp.vstack([counts, counts[observed]]).tocsr()
+                protein = np.vstack([protein, unmeasured[observed]])
+                batch = np.concatenate([batch, np.char.add(batch[observed], RNA_ONLY)])
+        else:  # the encoder ignores the batch; without protein, like the cells it learnt RNA alone from
+            alone = cells.other_counts is None and self.params.learn_rna_only
+            batch = np.full(cells.n_cells, self._measured()[0] + (RNA_ONLY if alone else ""))
         categories = sorted(set(batch)) if training else self.model.adata.obs["batch"].cat.categories
         data = ad.AnnData(counts, obs=pd.DataFrame({"batch": pd.Categorical(batch, categories=categories)},
                                                    index=[str(i) for i in range(len(batch))]))
@@ -94,6 +99,10 @@ class TotalVI(ScviMethod):
 
         data = self._in_model(cells)
         with quiet(), seeded(self.seed):
-            _, protein = self.model.get_normalized_expression(data, transform_batch=self.batches, n_samples=SAMPLES,
+            _, protein = self.model.get_normalized_expression(data, transform_batch=self._measured(), n_samples=SAMPLES,
                                                               return_mean=True, return_numpy=True)
         return dense(clr(np.asarray(protein)))
+
+    def _measured(self) -> list[str]:
+        """The training batches whose protein was measured."""
+        return [b for b in self.model.adata.obs["batch"].cat.categories if not b.endswith(RNA_ONLY)]

@@ -79,7 +79,8 @@ def run_trial(
 
     try:
         # the reference cells, or in a transfer the pretraining cells
-        fit(method, trial.params, shared.training_data("reference"), trial.train, trial.augment, seed, report)
+        data = shared.training_data("reference", method_cls.uses_rna_only)
+        fit(method, trial.params, data, trial.train, trial.augment, seed, report)
     except RETRIABLE:
         raise
     except Exception as err:
