@@ -59,8 +59,7 @@ def test_embeds_and_predicts_cells_without_the_second_modality(case):
     if cls is MultiVI:
         assert predicted.min() >= 0 and predicted.max() <= 1  # accessibility probabilities
     else:  # totalVI's denoised protein averaged over the training batches, CLR per cell as the package's protein
-        data = model._in_model(_without_other(ds.cells(query)))
-        with seeded(model.seed):
+        with model._in_model(_without_other(ds.cells(query))) as data, seeded(model.seed):
             _, protein = model.model.get_normalized_expression(data, transform_batch=model._measured(),
                                                                n_samples=SAMPLES, return_numpy=True)
         np.testing.assert_allclose(predicted, clr(protein).toarray(), rtol=1e-4, atol=1e-6)

@@ -92,13 +92,12 @@ class TotalVI(ScviMethod):
                                   dropout_rate_encoder=p.dropout_rate_encoder, encode_covariates=False)
 
     def _train_kwargs(self, train) -> dict:
-        return {"reduce_lr_on_plateau": False, "plan_kwargs": {"weight_decay": train.weight_decay}}
+        return {"lr": train.lr, "reduce_lr_on_plateau": False, "plan_kwargs": {"weight_decay": train.weight_decay}}
 
     def predict_other(self, cells: Cells) -> np.ndarray:
         from scssl.data.modalities import clr
 
-        data = self._in_model(cells)
-        with quiet(), seeded(self.seed):
+        with self._in_model(cells) as data, quiet(), seeded(self.seed):
             _, protein = self.model.get_normalized_expression(data, transform_batch=self._measured(), n_samples=SAMPLES,
                                                               return_mean=True, return_numpy=True)
         return dense(clr(np.asarray(protein)))
