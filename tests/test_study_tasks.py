@@ -37,6 +37,32 @@ def test_totalvi_and_multivi_train_inside_ray_trials_and_fill_the_tables(tmp_pat
         assert typing.loc[name, ["macro_f1_mean", "rna_macro_f1_mean"]].between(0, 1).all()
 
 
+def test_scvi_and_scanvi_train_inside_ray_trials_and_land_in_the_tables_of_the_ssl_methods(tmp_path):
+    from scssl.tune.tracking import Tracker
+
+    spaces = tmp_path / "spaces"
+    spaces.mkdir()
+    small = {"n_layers": 1, "query_epochs": 5, "n_latent": {"choice": [8, 12]}}
+    for name, space in (("scvi", small), ("scanvi", small), ("simclr", {"temperature": {"choice": [0.5, 1.0]}})):
+        (spaces / f"{name}.yaml").write_text(yaml.safe_dump({"method": space}))
+    experiment = tmp_path / "scvi.yaml"
+    experiment.write_text(yaml.safe_dump({
+        "name": "scvi", "output_dir": "out", "search_spaces": "spaces", "datasets": [{"name": "pbmc_hao2021"}],
+        "methods": ["simclr", "scvi", "scanvi"],
+        "tasks": ["cell_typing", "batch_correction"], "train": {"epochs": 3, "batch_size": 128, "lr": 1.0e-3},
+        "tune": {"num_samples": 2}, "final": {"seeds": [0]}}))
+    assert main(["run", str(experiment)]) == 0
+    tracker = Tracker(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}", "scvi", tmp_path / "out" / "mlartifacts")
+    for name in ("scvi", "scanvi"):
+        trials = tracker.runs(stage="tune", method=name)
+        assert len(trials) == 2 and all(Tracker.finished(r) for r in trials)
+        assert all(0 <= r.data.metrics["val_knn_accuracy"] <= 1 for r in trials)
+    for table in ("cell_typing", "batch_correction"):
+        rows = pd.read_csv(tmp_path / "out" / "results" / f"{table}.csv").set_index("method")
+        assert sorted(rows.index) == ["scanvi", "scvi", "simclr"], table
+        assert rows["macro_f1_mean" if table == "cell_typing" else "total_mean"].between(0, 1).all(), table
+
+
 def test_a_multimodal_transfer_study_fills_every_task_table(tmp_path):
     experiment = tmp_path / "tasks.yaml"
     experiment.write_text(yaml.safe_dump({

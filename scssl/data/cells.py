@@ -68,7 +68,9 @@ class Cells:
     modality (``other_kind`` protein or atac), ``other`` is what a network sees of it (CLR / log1p protein,
     TF-IDF peaks) and ``other_counts`` its raw counts (peaks: binary); ``other_observed`` marks the cells
     whose second modality was measured (None: all; the others, mosaic data's RNA-only cells, hold zeros).
-    ``graph`` is the cells' neighbour graph, for the BBKNN and MNN augmentations (training only).
+    ``graph`` is the cells' neighbour graph, for the BBKNN and MNN augmentations (training only);
+    ``labels`` their cell-type codes, -1 where unknown, for a method that learns from labels (training
+    only: cells to embed never carry them).
     """
 
     X: np.ndarray | sp.spmatrix
@@ -80,6 +82,7 @@ class Cells:
     other_counts: sp.spmatrix | None = None
     other_kind: str | None = None
     other_observed: np.ndarray | None = None
+    labels: np.ndarray | None = None
 
     @property
     def n_cells(self) -> int:
@@ -92,11 +95,11 @@ class Cells:
             return None if matrix is None else matrix[rows]
 
         return Cells(self.X[rows], self.genes, cut(self.batch_codes), None, cut(self.counts), cut(self.other),
-                     cut(self.other_counts), self.other_kind, cut(self.other_observed))
+                     cut(self.other_counts), self.other_kind, cut(self.other_observed), cut(self.labels))
 
     def with_rna_only(self, extra: "Cells") -> "Cells":
         """These cells followed by ``extra``, cells measured by RNA alone (same genes): their second modality
-        zero and marked unobserved; without a graph."""
+        zero and marked unobserved, their labels unknown; without a graph."""
         n = extra.n_cells
 
         def zeros(matrix):
@@ -106,4 +109,5 @@ class Cells:
         return Cells(sp.vstack([self.X, extra.X]).tocsr(), self.genes,
                      np.concatenate([self.batch_codes, extra.batch_codes]), None,
                      sp.vstack([self.counts, extra.counts]).tocsr(), zeros(self.other), zeros(self.other_counts),
-                     self.other_kind, np.concatenate([observed, np.zeros(n, bool)]))
+                     self.other_kind, np.concatenate([observed, np.zeros(n, bool)]),
+                     None if self.labels is None else np.concatenate([self.labels, np.full(n, -1)]))

@@ -105,17 +105,21 @@ class SharedData:
             return rna_only(cells)
         return cells
 
-    def training_data(self, cells: str, rna_only: bool = False) -> Cells:
-        """The ``reference`` cells or ``all`` cells as a method trains on them; with a pretraining data set,
-        all of its cells whatever the task. With ``rna_only`` (a method that can use them), mosaic data's
-        RNA-only cells of the same batches follow."""
+    def training_data(self, cells: str, rna_only: bool = False, validating: bool = False) -> Cells:
+        """The ``reference`` cells or ``all`` cells as a method trains on them, with their labels; with a
+        pretraining data set, all of its cells whatever the task. With ``rna_only`` (a method that can use
+        them), mosaic data's RNA-only cells of the same batches follow. ``validating`` (a trial, which scores
+        the validation cells by kNN) hides the validation cells' labels from a method that learns from them."""
         if self.pretrain is not None:
             ds, rows, graph = self.pretrain, None, self.pretrain_graph
         elif cells == "all":
             ds, rows, graph = self.dataset, None, self.all_graph
         else:
             ds, rows, graph = self.dataset, self.dataset.reference_index, self.reference_graph
-        data = replace(ds.cells(rows), graph=graph)
+        labels = ds.label_codes if rows is None else ds.label_codes[rows]
+        if validating and ds is self.dataset and cells == "reference":
+            labels = np.where(self.is_validation, -1, labels)
+        data = replace(ds.cells(rows), graph=graph, labels=labels)
         extra = ds.rna_only
         if not rna_only or extra is None:
             return data

@@ -13,7 +13,7 @@ from scssl import lazy_exports
 _CLASSES = {  # method name (also its module) -> class
     "pca": "PCABaseline", "simclr": "SimCLR", "moco": "MoCo", "simsiam": "SimSiam", "nnclr": "NNCLR",
     "byol": "BYOL", "barlow_twins": "BarlowTwins", "vicreg": "VICReg", "mae": "MAE",
-    "scclip": "SCCLIP", "totalvi": "TotalVI", "multivi": "MultiVI",
+    "scclip": "SCCLIP", "totalvi": "TotalVI", "multivi": "MultiVI", "scvi": "SCVI", "scanvi": "SCANVI",
 }
 
 BASE = ["Batch", "EncoderParams", "FittedMethod", "SSLMethod", "TrainingContext", "TwoViewMethod"]
@@ -49,5 +49,5 @@ def get_method(name: str) -> type:
 
 __all__ = [
     "BYOL", "MAE", "METHODS", "NNCLR", "Batch", "BarlowTwins", "EncoderParams", "FittedMethod", "MoCo", "PCABaseline",
-    "MultiVI", "SCCLIP", "SSLMethod", "SimCLR", "SimSiam", "TotalVI", "TrainingContext", "TwoViewMethod", "VICReg", "get_method",
+    "MultiVI", "SCANVI", "SCCLIP", "SCVI", "SSLMethod", "SimCLR", "SimSiam", "TotalVI", "TrainingContext", "TwoViewMethod", "VICReg", "get_method",
 ]

@@ -79,7 +79,7 @@ def run_trial(
 
     try:
         # the reference cells, or in a transfer the pretraining cells
-        data = shared.training_data("reference", method_cls.uses_rna_only)
+        data = shared.training_data("reference", method_cls.uses_rna_only, validating=True)
         fit(method, trial.params, data, trial.train, trial.augment, seed, report)
     except RETRIABLE:
         raise
