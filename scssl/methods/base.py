@@ -25,6 +25,7 @@ from pydantic import Field, model_validator
 from torch import nn
 from typing_extensions import Annotated
 
+from scssl.methods.domain_norm import DomainBatchNorm
 from scssl.methods.losses import clip_loss
 from scssl.methods.mechanics import cosine_schedule, ema_update
 from scssl.settings import settings, with_preset
@@ -61,6 +62,9 @@ class EncoderParams:
 
     On multimodal data a method has one such encoder per modality; ``embedding`` says what the tasks score:
     ``joint`` (the concatenation of both encoders' outputs, as scSSL-Bench) or ``rna`` (the RNA encoder alone).
+
+    ``domain_batchnorm`` (scSSL-Bench's RQ3) gives the first layer one BatchNorm per training batch
+    (``domain_norm.py``).
     """
 
     encoder_preset: Literal["scssl_bench", "richter"] | None = None
@@ -71,6 +75,7 @@ class EncoderParams:
     hidden_dropout: DropoutRate = 0.0
     dropout: DropoutRate = 0.0
     embedding: Literal["joint", "rna"] = "joint"
+    domain_batchnorm: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -123,15 +128,18 @@ def _norm(kind: str, width: int) -> list[nn.Module]:
     return {"batch": [nn.BatchNorm1d(width)], "layer": [nn.LayerNorm(width)], "none": []}[kind]
 
 
-def mlp(dims: list[int], params: EncoderParams, last_dropout: float | None) -> nn.Sequential:
+def mlp(dims: list[int], params: EncoderParams, last_dropout: float | None,
+        domain_norm: bool = False) -> nn.Sequential:
     """Linear layers through ``dims`` with the norm, activation and dropout of ``params``; the last layer
     has the norm (but no activation) and ``last_dropout``, or with ``last_dropout=None`` is a plain Linear
-    (a decoder's output). Dropout(0) is left out after hidden layers."""
+    (a decoder's output). Dropout(0) is left out after hidden layers. ``domain_norm``: the first hidden
+    layer's norm is a BatchNorm per batch (``DomainBatchNorm``)."""
     layers: list[nn.Module] = []
     for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
         layers.append(nn.Linear(d_in, d_out))
         if i < len(dims) - 2:
-            layers += [*_norm(params.norm, d_out), ACTIVATIONS[params.activation]()]
+            norm = [DomainBatchNorm(d_out)] if domain_norm and i == 0 else _norm(params.norm, d_out)
+            layers += [*norm, ACTIVATIONS[params.activation]()]
             layers += [nn.Dropout(params.hidden_dropout)] if params.hidden_dropout > 0 else []
         elif last_dropout is not None:
             layers += [*_norm(params.norm, d_out), nn.Dropout(last_dropout)]
@@ -143,7 +151,8 @@ class Encoder(nn.Sequential):
     Linear -> BN -> ReLU -> Linear -> BN -> Dropout)."""
 
     def __init__(self, n_genes: int, params: EncoderParams):
-        super().__init__(*mlp([n_genes, *params.hidden_dims, params.embedding_dim], params, params.dropout))
+        super().__init__(*mlp([n_genes, *params.hidden_dims, params.embedding_dim], params, params.dropout,
+                              params.domain_batchnorm))
 
 
 def mlp_head(dims: list[int], hidden_norm: bool = True, last_norm: bool = False,

@@ -21,6 +21,7 @@ from scssl.augment import AugmentationConfig
 from scssl.data import CellMatrix, Cells
 from scssl.methods import Batch, SSLMethod, TrainingContext, get_method
 from scssl.methods.base import Reconstruction
+from scssl.methods.domain_norm import adapting, configure_domains, domains, uses_domains
 from scssl.train.settings import TrainSettings
 
 
@@ -75,8 +76,9 @@ def train(
     model = method_cls(rna.n_genes, params, 0 if other is None else other.n_genes).to(device)
     model.setup(TrainingContext(rna.rows, cells.genes, cells.graph, augment, seed, device,
                                 None if other is None else other.rows))
-    batch_codes = cells.batch_codes
-    codes = None if batch_codes is None else torch.tensor(np.asarray(batch_codes, dtype=np.int64), device=device)
+    codes = _codes(cells, device)
+    if uses_domains(model):
+        configure_domains(model, cells.batch_codes, device)
     order = torch.Generator(device="cpu").manual_seed(seed)
     optimizer = _optimizer(model, settings)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 10, 0.1) if settings.schedule == "step" else None
@@ -91,8 +93,10 @@ def train(
         total = torch.zeros((), device=device)
         for b in range(n_batches):
             idx = permutation[b * batch_size : (b + 1) * batch_size]
-            loss = model.training_loss(Batch(rna.rows(idx), idx, None if codes is None else codes[idx],
-                                             None if other is None else other.rows(idx)))
+            batch_codes = None if codes is None else codes[idx]
+            with domains(model, batch_codes):
+                loss = model.training_loss(Batch(rna.rows(idx), idx, batch_codes,
+                                                 None if other is None else other.rows(idx)))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if settings.grad_clip is not None:
@@ -121,12 +125,29 @@ def embed(model: SSLMethod, data: Cells | np.ndarray | sp.spmatrix, batch_size: 
     model.eval()
     device = next(model.parameters()).device
     rna, other = _matrices(type(model), cells if model.n_other else Cells(cells.X), device)
-    parts = []
-    for start in range(0, rna.n_cells, batch_size):
-        idx = torch.arange(start, min(start + batch_size, rna.n_cells), device=device)
-        parts.append(model.embed(rna.rows(idx), None if other is None else other.rows(idx)).cpu().numpy())
+    codes = _codes(cells, device)
+
+    def embedding() -> np.ndarray:
+        parts = []
+        for start in range(0, rna.n_cells, batch_size):
+            idx = torch.arange(start, min(start + batch_size, rna.n_cells), device=device)
+            with domains(model, None if codes is None else codes[idx]):
+                parts.append(model.embed(rna.rows(idx), None if other is None else other.rows(idx)).cpu().numpy())
+        return np.concatenate(parts)
+
+    if uses_domains(model):  # batches not seen in training: normalised by their own statistics
+        with adapting(model):
+            embedding()
+    out = embedding()
     model.train(was_training)
-    return np.concatenate(parts)
+    return out
+
+
+def _codes(cells: Cells, device: torch.device) -> torch.Tensor | None:
+    """The cells' batch codes on ``device`` (None: the cells have none)."""
+    if cells.batch_codes is None:
+        return None
+    return torch.tensor(np.asarray(cells.batch_codes, dtype=np.int64), device=device)
 
 
 class TrainedNetwork:

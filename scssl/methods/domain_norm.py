@@ -1,0 +1,115 @@
+"""Domain-specific BatchNorm (scSSL-Bench's RQ3, ``DSBNBackbone``; Chang et al. 2019): one BatchNorm per
+batch of the training cells in the first encoder layer, so that each batch is normalised by its own
+statistics.
+
+Which batch each row belongs to is set around a forward pass (``domains``), so that a method's loss and
+embedding code stay as they are: the training loop sets the codes of each mini-batch, and embedding those of
+the cells embedded. Rows of a batch not seen in training (a query donor) are normalised by that batch's own
+statistics, gathered over all its cells in a first pass (``adapting``; AdaBN, Li et al. 2017), with the
+affine parameters averaged over the training batches; scSSL-Bench does not say what it did with them.
+Without codes (a fine-tuning head on the encoder) every row is treated as of an unseen batch.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class DomainBatchNorm(nn.Module):
+    """A BatchNorm1d per training batch (its code), created by ``configure`` once the codes are known."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.width = width
+        self.norms = nn.ModuleDict()
+        self.codes: torch.Tensor | None = None  # the batch of each row of the coming forward passes
+        self.adapted: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # unseen batch -> (mean, var)
+        self._sums: dict[int, list] | None = None  # gathering unseen batches' statistics (``adapting``)
+
+    def configure(self, codes: np.ndarray, device: torch.device) -> None:
+        for code in map(str, np.unique(codes)):
+            if code not in self.norms:
+                self.norms[code] = nn.BatchNorm1d(self.width).to(device)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if not len(self.norms):
+            raise RuntimeError("domain_batchnorm: the training batches were never given (configure_domains)")
+        codes = torch.full((len(h),), -1, device=h.device) if self.codes is None else self.codes
+        if len(codes) != len(h):
+            raise ValueError(f"domain_batchnorm: {len(h)} rows and the batches of {len(codes)} cells")
+        out = torch.empty_like(h)
+        for code in codes.unique().tolist():
+            rows = codes == code
+            norm = self.norms[str(code)] if str(code) in self.norms else None
+            if norm is not None and (not self.training or rows.sum() > 1):
+                out[rows] = norm(h[rows])
+            elif norm is not None:  # a lone row of its batch in a training step: the batch's running statistics
+                out[rows] = F.batch_norm(h[rows], norm.running_mean, norm.running_var, norm.weight, norm.bias,
+                                         False, 0.0, norm.eps)
+            else:
+                out[rows] = self._unseen(code, h[rows])
+        return out
+
+    def _unseen(self, code: int, h: torch.Tensor) -> torch.Tensor:
+        if self._sums is not None:  # first pass: gather, output unused
+            sums = self._sums.setdefault(code, [0, torch.zeros_like(h[0]), torch.zeros_like(h[0])])
+            sums[0] += len(h)
+            sums[1] += h.sum(0)
+            sums[2] += (h * h).sum(0)
+            return torch.zeros_like(h)
+        mean, var = self.adapted.get(code) or (h.mean(0), h.var(0, unbiased=False))
+        weight = torch.stack([n.weight for n in self.norms.values()]).mean(0)
+        bias = torch.stack([n.bias for n in self.norms.values()]).mean(0)
+        eps = next(iter(self.norms.values())).eps
+        return (h - mean) / torch.sqrt(var + eps) * weight + bias
+
+
+def _modules(model: nn.Module) -> list[DomainBatchNorm]:
+    return [m for m in model.modules() if isinstance(m, DomainBatchNorm)]
+
+
+def uses_domains(model: nn.Module) -> bool:
+    return bool(_modules(model))
+
+
+def configure_domains(model: nn.Module, codes: np.ndarray | None, device: torch.device) -> None:
+    """One BatchNorm per batch of the training cells' ``codes`` on ``device``, before the optimiser is built."""
+    for module in _modules(model):
+        if codes is None:
+            raise ValueError("domain_batchnorm needs the cells' batches, and the training cells have none")
+        module.configure(codes, device)
+
+
+@contextmanager
+def domains(model: nn.Module, codes: torch.Tensor | None):
+    """The forward passes inside normalise each row by the BatchNorm of its batch (``codes``)."""
+    modules = _modules(model)
+    for module in modules:
+        module.codes = codes
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.codes = None
+
+
+@contextmanager
+def adapting(model: nn.Module):
+    """Forward passes inside gather the statistics of the rows of unseen batches (their output is
+    meaningless); afterwards those batches are normalised by them."""
+    modules = _modules(model)
+    for module in modules:
+        module._sums, module.adapted = {}, {}
+    try:
+        yield
+    finally:
+        for module in modules:
+            for code, (n, total, squares) in module._sums.items():
+                mean = total / n
+                module.adapted[code] = mean, (squares / n - mean * mean).clamp_min(0.0)
+            module._sums = None

@@ -1,0 +1,87 @@
+"""Domain-specific BatchNorm (scSSL-Bench's RQ3): one BatchNorm per training batch in the first encoder layer,
+unseen batches normalised by their own statistics over all their cells."""
+
+import numpy as np
+import pytest
+import torch
+
+from scssl.augment import AugmentationConfig
+from scssl.data import Cells
+from scssl.methods import MoCo, SimCLR
+from scssl.methods.domain_norm import DomainBatchNorm, adapting, configure_domains, domains
+from scssl.train import TrainSettings, embed, train
+
+
+def _two_batches(n=64, genes=20, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(2 * n, genes)).astype(np.float32)
+    X[n:] = X[n:] * 3 + 5  # the second batch shifted and scaled
+    return X, np.repeat([0, 2], n)  # codes need not be contiguous
+
+
+def test_each_batch_is_normalised_by_its_own_statistics_in_training():
+    X, codes = _two_batches()
+    norm = DomainBatchNorm(X.shape[1])
+    configure_domains(norm, codes, torch.device("cpu"))
+    assert sorted(norm.norms) == ["0", "2"]
+    h = torch.from_numpy(X)
+    with domains(norm, torch.from_numpy(codes)):
+        out = norm(h)
+    for code in (0, 2):
+        rows = out[torch.from_numpy(codes == code)]
+        torch.testing.assert_close(rows.mean(0), torch.zeros(X.shape[1]), atol=1e-5, rtol=0)
+        torch.testing.assert_close(rows.var(0, unbiased=False), torch.ones(X.shape[1]), atol=1e-3, rtol=0)
+        expected = 0.1 * h[torch.from_numpy(codes == code)].mean(0)  # momentum 0.1 from a zero running mean
+        torch.testing.assert_close(norm.norms[str(code)].running_mean, expected, atol=1e-5, rtol=0)
+
+
+def test_an_unseen_batch_is_normalised_by_the_statistics_of_all_its_cells_whatever_the_chunks():
+    X, codes = _two_batches()
+    params = SimCLR.Params(embedding_dim=8, domain_batchnorm=True)
+    model = train(SimCLR, params, Cells(X[:64], batch_codes=codes[:64]), TrainSettings(epochs=2, batch_size=32), AugmentationConfig())
+    query = Cells(X[64:], batch_codes=codes[64:])  # batch 2 never seen
+    whole, chunked = embed(model, query, batch_size=1024), embed(model, query, batch_size=10)
+    np.testing.assert_allclose(whole, chunked, rtol=1e-4, atol=1e-5)
+    first = model.encoder[0](torch.from_numpy(X[64:]))  # the first layer's pre-norm activations
+    with torch.no_grad(), adapting(model), domains(model, torch.from_numpy(codes[64:])):
+        model.encoder(torch.from_numpy(X[64:]))
+    mean, var = model.encoder[1].adapted[2]
+    torch.testing.assert_close(mean, first.mean(0), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(var, first.var(0, unbiased=False), atol=1e-3, rtol=1e-3)
+    # the same cells as of the seen batch 0: the running statistics of batch 0 instead
+    as_seen = embed(model, Cells(X[64:], batch_codes=np.zeros(64, dtype=np.int64)))
+    assert not np.allclose(as_seen, whole, atol=1e-3)
+
+
+def test_momentum_targets_get_their_own_domain_norms_and_follow_the_online_ones():
+    X, codes = _two_batches()
+    params = MoCo.Params(embedding_dim=8, domain_batchnorm=True, memory_size=64, momentum_start=0.5)
+    model = train(MoCo, params, Cells(X, batch_codes=codes), TrainSettings(epochs=2, batch_size=32, lr=1e-2), AugmentationConfig())
+    online, target = model.encoder[1].norms["2"], model.key_encoder[1].norms["2"]
+    assert online is not target
+    assert not torch.equal(target.weight, torch.ones_like(target.weight))  # moved by EMA from its initial value
+
+
+def test_training_cells_without_batches_are_an_error():
+    X, _ = _two_batches()
+    with pytest.raises(ValueError, match="batches"):
+        train(SimCLR, SimCLR.Params(domain_batchnorm=True), X, TrainSettings(epochs=1, batch_size=32), AugmentationConfig())
+
+
+def test_a_few_epochs_with_domain_norms_on_real_data_type_an_unseen_donor_better_than_untrained(tmp_path):
+    from scssl.data import DatasetSpec, prepare, resolve
+    from scssl.evaluate.cell_typing import knn_cell_typing
+
+    ds = prepare(resolve(DatasetSpec(name="pbmc_hao2021"), tmp_path))
+    ref, query, labels = ds.reference_index, ds.query_index, ds.labels
+    params = SimCLR.Params(domain_batchnorm=True)
+
+    def macro_f1(epochs, lr):
+        torch.manual_seed(0)
+        model = train(SimCLR, params, ds.cells(ref), TrainSettings(epochs=epochs, batch_size=128, lr=lr),
+                      AugmentationConfig())
+        embedding = embed(model, ds.cells())  # the query donor is a batch the model never saw
+        return knn_cell_typing(embedding[ref], labels[ref], embedding[query], labels[query])["macro_f1"]
+
+    untrained, trained = macro_f1(1, 1e-12), macro_f1(20, 1e-3)
+    assert trained > untrained + 0.02, f"query macro F1 {untrained:.3f} -> {trained:.3f}"
