@@ -14,6 +14,7 @@ _CLASSES = {  # method name (also its module) -> class
     "pca": "PCABaseline", "simclr": "SimCLR", "moco": "MoCo", "simsiam": "SimSiam", "nnclr": "NNCLR",
     "byol": "BYOL", "barlow_twins": "BarlowTwins", "vicreg": "VICReg", "mae": "MAE",
     "scclip": "SCCLIP", "totalvi": "TotalVI", "multivi": "MultiVI", "scvi": "SCVI", "scanvi": "SCANVI",
+    "concerto": "Concerto",
 }
 
 BASE = ["Batch", "EncoderParams", "FittedMethod", "SSLMethod", "TrainingContext", "TwoViewMethod"]
@@ -48,6 +49,6 @@ def get_method(name: str) -> type:
 
 
 __all__ = [
-    "BYOL", "MAE", "METHODS", "NNCLR", "Batch", "BarlowTwins", "EncoderParams", "FittedMethod", "MoCo", "PCABaseline",
+    "BYOL", "Concerto", "MAE", "METHODS", "NNCLR", "Batch", "BarlowTwins", "EncoderParams", "FittedMethod", "MoCo", "PCABaseline",
     "MultiVI", "SCANVI", "SCCLIP", "SCVI", "SSLMethod", "SimCLR", "SimSiam", "TotalVI", "TrainingContext", "TwoViewMethod", "VICReg", "get_method",
 ]
