@@ -251,10 +251,11 @@ class TrainingContext:
 class SSLMethod(nn.Module):
     """A network method: an encoder (the embedding), its heads, and its own training step.
 
-    Subclasses set ``name`` and ``Params`` (a settings dataclass derived from ``EncoderParams``, holding every
-    tunable hyper-parameter with the paper's default) and implement ``training_loss``. Built with ``n_other``
-    features of a second modality (multimodal data), ``encoder`` is a ``PairedEncoder`` and the method's heads
-    come from ``head`` (one per modality, fused); ``uses_other`` False methods (the MAE) train on RNA alone.
+    Subclasses set ``name`` and ``Params`` (a settings dataclass derived from ``EncoderParams`` unless the method
+    builds its own encoder, holding every tunable hyper-parameter with the paper's default) and implement
+    ``training_loss``. Built with ``n_other`` features of a second modality (multimodal data), ``encoder`` is a
+    ``PairedEncoder`` and the method's heads come from ``head`` (one per modality, fused); ``uses_other`` False
+    methods (the MAE, Concerto) train on RNA alone.
     """
 
     name: ClassVar[str]
@@ -273,7 +274,11 @@ class SSLMethod(nn.Module):
         super().__init__()
         self.params = params
         self.n_other = n_other if self.uses_other else 0
-        self.encoder = PairedEncoder(n_genes, n_other, params) if self.n_other else Encoder(n_genes, params)
+        self.encoder = self.build_encoder(n_genes, params)
+
+    def build_encoder(self, n_genes: int, params) -> nn.Module:
+        """The embedding network: the MLP of ``EncoderParams``, one per modality on multimodal data."""
+        return PairedEncoder(n_genes, self.n_other, params) if self.n_other else Encoder(n_genes, params)
 
     @property
     def rna_encoder(self) -> nn.Module:

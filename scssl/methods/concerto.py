@@ -118,11 +118,11 @@ class Concerto(SSLMethod):
     uses_other = False  # the authors' multimodal Concerto is not implemented: it trains on the RNA
 
     def __init__(self, n_genes: int, params: ConcertoParams, n_other: int = 0):
-        nn.Module.__init__(self)  # not SSLMethod's: it builds the MLP encoder, and Concerto's encoder is the teacher
-        self.params = params
-        self.n_other = 0
-        self.encoder = GeneAttentionTeacher(n_genes, params)
+        super().__init__(n_genes, params, n_other)
         self.student = student_network(n_genes, params)
+
+    def build_encoder(self, n_genes: int, params: ConcertoParams) -> nn.Module:
+        return GeneAttentionTeacher(n_genes, params)  # what embeds: the teacher
 
     def training_loss(self, batch: Batch) -> torch.Tensor:
         return nt_xent(self.encoder(batch.x), self.student(batch.x), self.params.temperature)
