@@ -33,10 +33,20 @@ def _methods() -> None:
 
 def _datasets() -> None:
     from scssl.data.builtin import BUILTIN_DATASETS
+    from scssl.data.paper import PAPER_DATASETS
+    from scssl.data.spec import DEFAULT_N_HVGS
 
+    def keys(ds) -> str:
+        return (f"    batch_key={ds.batch_key} labels_key={ds.labels_key} counts_layer={ds.counts_layer} "
+                f"query_batches={list(ds.query_batches)}")
+
+    print("Built-in (shipped with scssl; give `name` alone):")
     for name, ds in BUILTIN_DATASETS.items():
-        print(f"{name} ({ds.modalities}): {ds.description}\n    batch_key={ds.batch_key} labels_key={ds.labels_key} "
-              f"counts_layer={ds.counts_layer} query_batches={list(ds.query_batches)}")
+        print(f"{name} ({ds.modalities}): {ds.description}\n{keys(ds)}")
+    print("\nThe paper's (scSSL-Bench), read from your copy of its file: give `name` and `path`:")
+    for name, ds in PAPER_DATASETS.items():
+        print(f"{name} ({ds.title}, {ds.modalities}; give {ds.files}): {ds.description}\n{keys(ds)} "
+              f"n_hvgs={DEFAULT_N_HVGS}")
 
 
 def _check_cluster(path: str) -> None:
@@ -72,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("experiment", help="experiment YAML file")
     validate.add_argument("--output-dir", help="study folder (default: the file's output_dir)")
     commands.add_parser("methods", help="list the methods and their hyper-parameters with defaults")
-    commands.add_parser("datasets", help="list the built-in data sets")
+    commands.add_parser("datasets", help="list the built-in data sets and the paper's (for your own copy)")
     check = commands.add_parser("check-cluster", help="validate a `ray up` cluster file offline")
     check.add_argument("cluster", help="cluster YAML file, e.g. cluster.yaml")
     return parser

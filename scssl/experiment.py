@@ -18,6 +18,7 @@ from typing_extensions import Annotated
 
 from scssl.augment import AugmentationConfig
 from scssl.data import DatasetSpec, resolve
+from scssl.data.spec import DataError
 from scssl.evaluate.settings import FineTuneSettings
 from scssl.methods import METHODS
 from scssl.search_space import SearchSpace, load_search_space, parse_search_space
@@ -69,8 +70,7 @@ class Experiment:
         raw = read_yaml(self.source)
         raw["output_dir"] = "."
         raw["search_spaces"] = str(_under(self.source.parent, self.config.search_spaces))
-        raw["datasets"] = [{**entry, "path": spec.path} if entry.get("path") is not None else entry
-                           for entry, spec in zip(raw["datasets"], self.datasets)]
+        raw["datasets"] = [_relocated(entry, spec) for entry, spec in zip(raw["datasets"], self.datasets)]
         return raw
 
     @property
@@ -80,6 +80,15 @@ class Experiment:
             return True
         return any(space.may_exceed_zero(("augment", name, "prob"))
                    for space in self.search_spaces.values() for name in ("bbknn", "mnn"))
+
+
+def _relocated(entry: dict, spec: DatasetSpec) -> dict:
+    """A data set entry with its file paths (and its second modality's) absolute, as ``spec`` resolved them."""
+    if entry.get("path") is not None:
+        entry = {**entry, "path": spec.path}
+    if isinstance(entry.get("modality"), dict) and entry["modality"].get("path") is not None:
+        entry = {**entry, "modality": {**entry["modality"], "path": spec.modality.path}}
+    return entry
 
 
 def load_experiment(path: str | Path, output_dir: str | None = None, tracking_uri: str | None = None) -> Experiment:
@@ -105,7 +114,8 @@ def load_experiment(path: str | Path, output_dir: str | None = None, tracking_ur
         try:
             datasets.append(resolve(spec, base))
         except ConfigError as err:
-            raise ConfigError(f"{path}: datasets.{i}.name: {err}") from None
+            key = err.key if isinstance(err, DataError) else "name"
+            raise ConfigError(f"{path}: datasets.{i}.{key}: {err}") from None
         if not re.match(SAFE_NAME, datasets[-1].label):
             raise ConfigError(f"{path}: datasets.{i}.id: {datasets[-1].label!r} names files and MLflow runs, so it "
                               f"may hold only {SAFE_NAME_TEXT}; set `id` to such a name")

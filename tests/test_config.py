@@ -161,3 +161,19 @@ def test_every_shipped_experiment_loads(path):
     assert exp.datasets and exp.config.methods
     if exp.config.final.retrain == "grid":
         assert all(len(space.grid_points()) > 1 for space in exp.search_spaces.values())
+
+
+def test_the_study_folders_copy_has_every_file_path_absolute(tmp_path):
+    from scssl.data.builtin import BUILTIN_DIR
+
+    rna, adt = BUILTIN_DIR / "neurips2021_bmmc_cite_starter_rna.h5ad", BUILTIN_DIR / "neurips2021_bmmc_cite_starter_adt.h5ad"
+    data = tmp_path / "data"
+    data.mkdir()
+    for source in (rna, adt):
+        (data / source.name).write_bytes(source.read_bytes())
+    exp = load_experiment(_experiment(tmp_path, datasets=[{
+        "path": f"data/{rna.name}", "batch_key": "batch", "labels_key": "cell_type", "counts_layer": "counts",
+        "query_batches": ["s1d2"], "modality": {"kind": "protein", "path": f"data/{adt.name}", "counts_layer": "counts"}}]))
+    entry = exp.relocated()["datasets"][0]
+    assert entry["path"] == str(data.resolve() / rna.name)
+    assert entry["modality"]["path"] == str(data.resolve() / adt.name)

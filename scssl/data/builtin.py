@@ -1,4 +1,5 @@
-"""Real data sets shipped inside the package, addressable by name (``scssl datasets`` lists them)."""
+"""Real data sets shipped inside the package, addressable by name (``scssl datasets`` lists them), and
+``resolve``, which turns any data set of an experiment (built-in, the paper's, or a file) into a complete spec."""
 
 from __future__ import annotations
 
@@ -6,19 +7,16 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from scssl.data.spec import DatasetSpec, ModalitySpec
+from scssl.data.paper import PAPER_DATASETS
+from scssl.data.spec import DatasetSpec, ModalitySpec, NamedKeys
 from scssl.settings import ConfigError
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 
 
 @dataclass(frozen=True)
-class BuiltinDataset:
+class BuiltinDataset(NamedKeys):
     file: str
-    batch_key: str
-    labels_key: str
-    counts_layer: str | None
-    query_batches: tuple[str, ...]
     description: str
     modality: ModalitySpec | None = None  # its path (if any) a file name in BUILTIN_DIR
 
@@ -27,8 +25,17 @@ class BuiltinDataset:
         return BUILTIN_DIR / self.file
 
     @property
-    def modalities(self) -> str:
-        return "RNA" if self.modality is None else f"RNA + {self.modality.kind}"
+    def second_modality(self) -> str | None:
+        return None if self.modality is None else self.modality.kind
+
+    def resolve(self, spec: DatasetSpec, base_dir: Path) -> DatasetSpec:
+        """``spec`` naming this data set, read from the shipped file; a modality the user gives replaces its own."""
+        if spec.path is not None:
+            raise ConfigError(f"{spec.name!r} is a built-in data set, shipped with its file: give exactly one of "
+                              f"`name` or `path` for it (the paper's data sets, {', '.join(PAPER_DATASETS)}, take "
+                              "both)")
+        own = None if self.modality is None else self.modality.under(BUILTIN_DIR)
+        return self.fill(spec, str(self.path), own if spec.modality is None else spec.modality.under(base_dir))
 
 
 BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
@@ -81,35 +88,15 @@ BUILTIN_DATASETS["bmmc_cite"] = dataclasses.replace(
 
 
 def resolve(spec: DatasetSpec, base_dir: Path) -> DatasetSpec:
-    """A complete spec: a built-in name filled with its keys, a relative path made absolute."""
-    if spec.name is not None:
-        if spec.name not in BUILTIN_DATASETS:
-            raise ConfigError(
-                f"dataset name {spec.name!r} is not a built-in data set; "
-                f"known: {', '.join(BUILTIN_DATASETS)} (or give `path:` to an .h5ad file)"
-            )
-        known = BUILTIN_DATASETS[spec.name]
-        return dataclasses.replace(
-            spec,
-            name=None,
-            id=spec.label,
-            path=str(known.path),
-            batch_key=spec.batch_key or known.batch_key,
-            labels_key=spec.labels_key or known.labels_key,
-            counts_layer=spec.counts_layer if spec.counts_layer is not None else known.counts_layer,
-            query_batches=spec.query_batches if spec.query_batches is not None else list(known.query_batches),
-            modality=_under(spec.modality or known.modality, BUILTIN_DIR if spec.modality is None else base_dir),
+    """A complete spec: a name filled with its data set's keys and file, relative paths made absolute."""
+    if spec.name is None:
+        return spec.under(base_dir)
+    if spec.name in PAPER_DATASETS:
+        return PAPER_DATASETS[spec.name].resolve(spec, base_dir)
+    if spec.name not in BUILTIN_DATASETS:
+        raise ConfigError(
+            f"dataset name {spec.name!r} is not a built-in data set ({', '.join(BUILTIN_DATASETS)}) nor one of the "
+            f"paper's ({', '.join(PAPER_DATASETS)}, each with `path:` to your copy); or give `path:` alone to an "
+            ".h5ad file"
         )
-    return dataclasses.replace(spec, path=str(_path(spec.path, base_dir)), modality=_under(spec.modality, base_dir))
-
-
-def _path(value: str, base_dir: Path) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else (base_dir / path).resolve()
-
-
-def _under(modality: ModalitySpec | None, base_dir: Path) -> ModalitySpec | None:
-    """``modality`` with its file's path made absolute."""
-    if modality is None or modality.path is None:
-        return modality
-    return dataclasses.replace(modality, path=str(_path(modality.path, base_dir)))
+    return BUILTIN_DATASETS[spec.name].resolve(spec, base_dir)

@@ -337,6 +337,10 @@ def _cells_to_keep(
                 f"{list(obs.index[missing][:3])}; fill them in, or set drop_missing: true to drop those cells", key
             )
         drop(missing, f"dropped {n} cells whose {what} (obs[{column!r}]) is missing (NaN or empty)", key)
+    if spec.drop_labels:
+        listed = obs[spec.labels_key].astype(str).isin(spec.drop_labels).to_numpy() & keep
+        if listed.any():
+            drop(listed, f"dropped {int(listed.sum())} cells of the cell types in drop_labels", "drop_labels")
     empty = (np.asarray(counts.sum(axis=1)).ravel() == 0) & keep
     if empty.any():
         drop(empty, f"dropped {int(empty.sum())} cells with no counts", "counts_layer")
