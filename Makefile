@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$$(grep '^torch==' requirements.lock)"
 	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
+	# scGPT's model code only, without its pins (scvi-tools < 1.0, torchtext, ...): README "Foundation models"
+	$(BIN)/pip install --quiet --no-deps "$$(grep '^scgpt==' requirements.lock)"
 	touch $(STAMP)
 
 demo: install

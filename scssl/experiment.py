@@ -75,8 +75,10 @@ class Experiment:
 
     @property
     def uses_neighbours(self) -> bool:
-        """Whether any run may use a BBKNN or MNN augmentation, so that neighbour graphs are needed."""
-        if self.config.augment.uses_neighbours:
+        """Whether any run may use a BBKNN or MNN augmentation, or a method that trains on the neighbour graph
+        (CLAIRE), so that neighbour graphs are needed."""
+        if self.config.augment.uses_neighbours or any(getattr(METHODS[m], "needs_neighbours", False)
+                                                      for m in self.config.methods):
             return True
         return any(space.may_exceed_zero(("augment", name, "prob"))
                    for space in self.search_spaces.values() for name in ("bbknn", "mnn"))
@@ -107,6 +109,9 @@ def load_experiment(path: str | Path, output_dir: str | None = None, tracking_ur
         raise ConfigError(f"{path}: methods: unknown {unknown}; known methods are {list(METHODS)}")
     if len(set(config.methods)) != len(config.methods):
         raise ConfigError(f"{path}: methods: each method may appear once, got {config.methods}")
+    unavailable = [METHODS[m].needs for m in config.methods if getattr(METHODS[m], "needs", None)]
+    if unavailable:
+        raise ConfigError(f"{path}: methods: " + "; ".join(unavailable))
     _check_sections_used(raw, config, path)
 
     datasets = []
@@ -239,12 +244,19 @@ def _check_writable(folder: Path, key: str) -> None:
 
 def _search_spaces(config: ExperimentConfig, path: Path) -> dict[str, SearchSpace]:
     """Each trainable method's space: the experiment's inline ``search_space`` (the same for every
-    method), else ``<search_spaces>/<method>.yaml``."""
+    method), else ``<search_spaces>/<method>.yaml``; a method that is not tuned has only its file's fixed
+    values, if it has a file."""
     grid = config.tune.search == "grid" or config.final.retrain == "grid"
     spaces = {}
     for name in config.methods:
         cls = METHODS[name]
-        if not cls.trainable:
+        if not cls.trainable:  # its file, if any, fixes settings (a checkpoint): nothing to tune
+            file = _under(path.parent, config.search_spaces) / f"{name}.yaml"
+            if file.is_file():
+                spaces[name] = load_search_space(file, cls)
+                if spaces[name].domains:
+                    raise ConfigError(f"{file}: {name} is not tuned, so its file may only fix values; it has domains "
+                                      f"for {['.'.join(p) for p in spaces[name].domains]}")
             continue
         if config.search_space is not None:
             space = parse_search_space(config.search_space, cls, f"{path}: search_space [{name}]", path.parent)

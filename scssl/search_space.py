@@ -83,6 +83,10 @@ class SearchSpace:
             points.append(nested({**self.entries, **dict(zip(domains, values))}))
         return points
 
+    def fixed(self) -> dict:
+        """The values the space fixes (a checkpoint folder), as a nested config: what an untuned run takes."""
+        return nested({path: value for path, value in self.entries.items() if not isinstance(value, Domain)})
+
     def optuna_point(self, config: dict) -> dict:
         """A trial config as Ray's OptunaSearch names its parameters ("method/temperature": 0.5)."""
         return {"/".join(path): _get(config, path) for path in self.domains}
@@ -190,11 +194,12 @@ def _settings_block(hint: Any) -> type | None:
 
 
 def _files_from(value: Any, base_dir: Path) -> Any:
-    """``value`` (or each value of a choice) with a relative path of an existing file under ``base_dir``
-    made absolute; anything else (a built-in name, a missing file the settings class reports) unchanged."""
+    """``value`` (or each value of a choice) with a relative path of an existing file or folder under
+    ``base_dir`` made absolute; anything else (a built-in name, a missing file the settings class reports)
+    unchanged."""
     if isinstance(value, Domain):
         return Domain(value.kind, tuple(_files_from(v, base_dir) for v in value.args))
-    if isinstance(value, str) and not Path(value).expanduser().is_absolute() and (base_dir / value).is_file():
+    if isinstance(value, str) and not Path(value).expanduser().is_absolute() and (base_dir / value).exists():
         return str((base_dir / value).resolve())
     return value
 

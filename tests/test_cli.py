@@ -6,7 +6,7 @@ def test_methods_lists_every_method_with_parameters_and_defaults(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     names = ("pca", "simclr", "moco", "simsiam", "nnclr", "byol", "barlow_twins", "vicreg", "mae", "scclip", "totalvi",
-             "multivi", "scvi", "scanvi", "concerto")
+             "multivi", "scvi", "scanvi", "concerto", "clear", "claire", "scgpt", "scgpt_zero_shot", "geneformer", "scbert")
     for name in names:
         assert f"{name} (" in out
     assert len(METHODS) == len(names)

@@ -18,7 +18,7 @@ from scssl.methods.losses import clip_loss
 from scssl.settings import ConfigError, parse
 from scssl.train import TrainSettings, embed, train
 
-TWO_VIEW = [n for n, c in METHODS.items() if issubclass(c, TwoViewMethod)]
+TWO_VIEW = [n for n, c in METHODS.items() if issubclass(c, TwoViewMethod) and c.uses_other]
 
 
 @pytest.fixture(scope="module")

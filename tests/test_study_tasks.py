@@ -1,5 +1,6 @@
 """End to end through Ray and MLflow: the tasks of Richter et al. and of multimodal data, with a transfer row."""
 
+import importlib.util
 from pathlib import Path
 
 import pandas as pd
@@ -60,6 +61,32 @@ def test_scvi_and_scanvi_train_inside_ray_trials_and_land_in_the_tables_of_the_s
     for table in ("cell_typing", "batch_correction"):
         rows = pd.read_csv(tmp_path / "out" / "results" / f"{table}.csv").set_index("method")
         assert sorted(rows.index) == ["scanvi", "scvi", "simclr"], table
+        assert rows["macro_f1_mean" if table == "cell_typing" else "total_mean"].between(0, 1).all(), table
+
+
+@pytest.mark.skipif(importlib.util.find_spec("scgpt") is None, reason="scgpt is not installed (make test installs it)")
+def test_scgpt_loads_and_fine_tunes_from_a_local_checkpoint_inside_ray_and_lands_in_the_tables(tmp_path):
+    from scssl.data import DatasetSpec, prepare, resolve
+    from test_scgpt import write_checkpoint
+
+    genes = [str(g) for g in prepare(resolve(DatasetSpec(name="pbmc_hao2021"), tmp_path)).cells().genes]
+    spaces = tmp_path / "spaces"
+    spaces.mkdir()
+    write_checkpoint(spaces / "tiny_scgpt", genes)  # relative to the search-space files that name it
+    (spaces / "scgpt.yaml").write_text(yaml.safe_dump({"method": {
+        "checkpoint": "tiny_scgpt", "max_length": 32, "mask_ratio": {"choice": [0.3, 0.4]}}}))
+    (spaces / "scgpt_zero_shot.yaml").write_text(yaml.safe_dump({"method": {"checkpoint": "tiny_scgpt",
+                                                                            "max_length": 32}}))
+    experiment = tmp_path / "scgpt.yaml"
+    experiment.write_text(yaml.safe_dump({
+        "name": "scgpt", "output_dir": "out", "search_spaces": "spaces", "datasets": [{"name": "pbmc_hao2021"}],
+        "methods": ["pca", "scgpt_zero_shot", "scgpt"], "tasks": ["cell_typing", "batch_correction"],
+        "train": {"epochs": 2, "batch_size": 64, "lr": 1.0e-3, "device": "cpu"},
+        "tune": {"num_samples": 2}, "final": {"seeds": [0]}}))
+    assert main(["run", str(experiment)]) == 0
+    for table in ("cell_typing", "batch_correction"):
+        rows = pd.read_csv(tmp_path / "out" / "results" / f"{table}.csv").set_index("method")
+        assert sorted(rows.index) == ["pca", "scgpt", "scgpt_zero_shot"], table
         assert rows["macro_f1_mean" if table == "cell_typing" else "total_mean"].between(0, 1).all(), table
 
 

@@ -14,10 +14,12 @@ _CLASSES = {  # method name (also its module) -> class
     "pca": "PCABaseline", "simclr": "SimCLR", "moco": "MoCo", "simsiam": "SimSiam", "nnclr": "NNCLR",
     "byol": "BYOL", "barlow_twins": "BarlowTwins", "vicreg": "VICReg", "mae": "MAE",
     "scclip": "SCCLIP", "totalvi": "TotalVI", "multivi": "MultiVI", "scvi": "SCVI", "scanvi": "SCANVI",
-    "concerto": "Concerto",
+    "clear": "CLEAR", "claire": "CLAIRE", "concerto": "Concerto", "scgpt": "ScGPT", "scgpt_zero_shot": "ScGPTZeroShot", "geneformer": "Geneformer",
+    "scbert": "ScBERT",
 }
 
-BASE = ["Batch", "EncoderParams", "FittedMethod", "SSLMethod", "TrainingContext", "TwoViewMethod"]
+BASE = ["Batch", "EncoderParams", "FittedMethod", "SSLMethod", "TrainingContext", "TwoViewMethod",
+        "UnavailableMethod"]
 __getattr__ = lazy_exports(__name__, {"base": BASE, **{n: [c] for n, c in _CLASSES.items()}})
 
 
@@ -49,6 +51,7 @@ def get_method(name: str) -> type:
 
 
 __all__ = [
-    "BYOL", "Concerto", "MAE", "METHODS", "NNCLR", "Batch", "BarlowTwins", "EncoderParams", "FittedMethod", "MoCo", "PCABaseline",
-    "MultiVI", "SCANVI", "SCCLIP", "SCVI", "SSLMethod", "SimCLR", "SimSiam", "TotalVI", "TrainingContext", "TwoViewMethod", "VICReg", "get_method",
+    "BYOL", "CLAIRE", "CLEAR", "Concerto", "Geneformer", "MAE", "ScBERT", "ScGPT", "ScGPTZeroShot", "METHODS", "NNCLR", "Batch", "BarlowTwins", "EncoderParams", "FittedMethod", "MoCo", "PCABaseline",
+    "MultiVI", "SCANVI", "SCCLIP", "SCVI", "SSLMethod", "SimCLR", "SimSiam", "TotalVI", "TrainingContext", "TwoViewMethod", "UnavailableMethod", "VICReg",
+    "get_method",
 ]

@@ -41,6 +41,9 @@ Positive = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0.0)]
 Momentum = Annotated[float, Field(ge=0.0, le=1.0)]
 DropoutRate = Annotated[float, Field(ge=0.0, lt=1.0)]
+EmbeddingDim = Annotated[int, Field(ge=2)]
+HiddenDims = Annotated[tuple[Positive, ...], Field(min_length=1)]
+Norm = Literal["batch", "layer", "none"]
 
 # Named encoder architectures: scSSL-Bench's get_backbone_deep (the defaults below) and Richter et al.'s MLP.
 ENCODER_PRESETS: dict[str, dict[str, Any]] = {
@@ -68,10 +71,10 @@ class EncoderParams:
     """
 
     encoder_preset: Literal["scssl_bench", "richter"] | None = None
-    embedding_dim: Annotated[int, Field(ge=2)] = 64
-    hidden_dims: Annotated[tuple[Positive, ...], Field(min_length=1)] = (128,)
+    embedding_dim: EmbeddingDim = 64
+    hidden_dims: HiddenDims = (128,)
     activation: Literal["relu", "selu", "gelu"] = "relu"
-    norm: Literal["batch", "layer", "none"] = "batch"
+    norm: Norm = "batch"
     hidden_dropout: DropoutRate = 0.0
     dropout: DropoutRate = 0.0
     embedding: Literal["joint", "rna"] = "joint"
@@ -148,11 +151,14 @@ def mlp(dims: list[int], params: EncoderParams, last_dropout: float | None,
 
 class Encoder(nn.Sequential):
     """The embedding network of ``EncoderParams`` (by default exactly scSSL-Bench's ``get_backbone_deep``:
-    Linear -> BN -> ReLU -> Linear -> BN -> Dropout)."""
+    Linear -> BN -> ReLU -> Linear -> BN -> Dropout). ``output_activation`` ends it in the activation too, as
+    CLEAR's and CLAIRE's encoders (after the dropout: the two commute)."""
 
-    def __init__(self, n_genes: int, params: EncoderParams):
+    def __init__(self, n_genes: int, params: EncoderParams, output_activation: bool = False):
         super().__init__(*mlp([n_genes, *params.hidden_dims, params.embedding_dim], params, params.dropout,
                               params.domain_batchnorm))
+        if output_activation:
+            self.append(ACTIVATIONS[params.activation]())
 
 
 def mlp_head(dims: list[int], hidden_norm: bool = True, last_norm: bool = False,
@@ -172,10 +178,10 @@ def mlp_head(dims: list[int], hidden_norm: bool = True, last_norm: bool = False,
 class PairedEncoder(nn.Module):
     """One encoder per modality: (RNA, other) -> (RNA embedding, other embedding)."""
 
-    def __init__(self, n_genes: int, n_other: int, params: EncoderParams):
+    def __init__(self, n_genes: int, n_other: int, params: EncoderParams, output_activation: bool = False):
         super().__init__()
-        self.rna = Encoder(n_genes, params)
-        self.other = Encoder(n_other, params)
+        self.rna = Encoder(n_genes, params, output_activation)
+        self.other = Encoder(n_other, params, output_activation)
 
     def forward(self, x: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.rna(x[0]), self.other(x[1])
@@ -269,6 +275,8 @@ class SSLMethod(nn.Module):
     modality: ClassVar[str | None] = None  # the second modality it needs: "any", "protein", "atac" or None
     predicts_other: ClassVar[bool] = False
     uses_rna_only: ClassVar[bool] = False  # trains on mosaic data's RNA-only cells too
+    needs_neighbours: ClassVar[bool] = False  # trains on the cells' NeighbourGraph whatever its augmentations
+    encoder_output_activation: ClassVar[bool] = False  # the encoder ends in its activation (CLEAR, CLAIRE)
 
     def __init__(self, n_genes: int, params: EncoderParams, n_other: int = 0):
         super().__init__()
@@ -278,7 +286,9 @@ class SSLMethod(nn.Module):
 
     def build_encoder(self, n_genes: int, params) -> nn.Module:
         """The embedding network: the MLP of ``EncoderParams``, one per modality on multimodal data."""
-        return PairedEncoder(n_genes, self.n_other, params) if self.n_other else Encoder(n_genes, params)
+        if self.n_other:
+            return PairedEncoder(n_genes, self.n_other, params, self.encoder_output_activation)
+        return Encoder(n_genes, params, self.encoder_output_activation)
 
     @property
     def rna_encoder(self) -> nn.Module:
@@ -307,6 +317,9 @@ class SSLMethod(nn.Module):
         if self.joint(other):
             return torch.cat(self.encoder((x, other)), dim=1)
         return self.rna_encoder(x)
+
+    def before_epoch(self, epoch: int) -> None:
+        """Called in training mode before each epoch (``epoch`` 1-based): CLAIRE filters its anchors here."""
 
     def after_step(self, step: int, total_steps: int) -> None:
         """Called after each optimiser step (momentum targets move here)."""
@@ -382,6 +395,31 @@ class Reconstruction:
     inputs: np.ndarray
     x_hat: np.ndarray
     scored: np.ndarray | None = None
+
+
+@settings
+class NoParams:
+    """No settings."""
+
+
+class UnavailableMethod:
+    """A method of the studies that cannot run here (its code does not install from PyPI): registered, so that
+    ``scssl methods`` lists it and an experiment naming it is a load error saying what it ``needs``, never a
+    stand-in embedding."""
+
+    kind: ClassVar[str] = "not installable here"
+    Params: ClassVar[type] = NoParams
+    trainable: ClassVar[bool] = False
+    sections: ClassVar[frozenset[str]] = frozenset()
+    reconstructs: ClassVar[bool] = False
+    fine_tunable: ClassVar[bool] = False
+    modality: ClassVar[str | None] = None
+    predicts_other: ClassVar[bool] = False
+    uses_rna_only: ClassVar[bool] = False
+    needs: ClassVar[str]
+
+    def __init__(self, params: Any = None, seed: int = 0):
+        raise RuntimeError(self.needs)
 
 
 class FittedMethod(Protocol):

@@ -89,6 +89,7 @@ def train(
     for epoch in range(1, settings.epochs + 1):
         started = time.perf_counter()
         model.train()
+        model.before_epoch(epoch)
         permutation = torch.randperm(rna.n_cells, generator=order).to(device)
         total = torch.zeros((), device=device)
         for b in range(n_batches):

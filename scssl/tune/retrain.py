@@ -96,11 +96,12 @@ def run_job(data, job: RetrainJob, threads: int):
 def method_configs(experiment: Experiment, tracker: Tracker, dataset: str, fingerprint: str,
                    method: str) -> list[tuple[str, dict]]:
     """(variant label, config) of each configuration of ``method`` that the final stage trains; ``{}`` is
-    the declared defaults (a baseline's only configuration). Empty when the method has no finished
+    the declared defaults (a baseline's only configuration), with its search space's fixed values. Empty when the method has no finished
     tuning trial under the experiment as it is now."""
     cfg = experiment.config
     if not get_method(method).trainable or cfg.final.retrain == "defaults":
-        return [("", {})]
+        space = experiment.search_spaces.get(method)
+        return [("", {} if space is None else space.fixed())]
     space = experiment.search_spaces[method]
     if cfg.final.retrain == "grid":
         return [(space.label(point), point) for point in space.grid_points()]
