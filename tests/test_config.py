@@ -177,3 +177,21 @@ def test_the_study_folders_copy_has_every_file_path_absolute(tmp_path):
     entry = exp.relocated()["datasets"][0]
     assert entry["path"] == str(data.resolve() / rna.name)
     assert entry["modality"]["path"] == str(data.resolve() / adt.name)
+
+
+def test_a_method_that_cannot_run_here_is_a_load_error_saying_what_it_needs(tmp_path):
+    with pytest.raises(ConfigError, match=r"methods: geneformer needs the `geneformer` package .* not on PyPI"):
+        load_experiment(_experiment(tmp_path, methods=["pca", "geneformer"]))
+
+
+def test_an_untuned_method_takes_fixed_values_from_its_file_and_nothing_to_tune(tmp_path):
+    spaces = tmp_path / "spaces"
+    spaces.mkdir()
+    (spaces / "ckpt").mkdir()
+    _write(spaces / "scgpt_zero_shot.yaml", {"method": {"checkpoint": "ckpt", "max_length": 64}})
+    exp = load_experiment(_experiment(tmp_path, methods=["pca", "scgpt_zero_shot"], search_spaces=str(spaces)))
+    assert exp.search_spaces["scgpt_zero_shot"].fixed() == {"method": {"checkpoint": str(spaces / "ckpt"),
+                                                                       "max_length": 64}}
+    _write(spaces / "scgpt_zero_shot.yaml", {"method": {"checkpoint": "ckpt", "max_length": {"choice": [64, 128]}}})
+    with pytest.raises(ConfigError, match="is not tuned, so its file may only fix values"):
+        load_experiment(_experiment(tmp_path, methods=["pca", "scgpt_zero_shot"], search_spaces=str(spaces)))
