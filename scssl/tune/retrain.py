@@ -238,7 +238,10 @@ def _close_interrupted(tracker: Tracker, in_flight: dict, open_runs: dict[str, R
             ray.cancel(ref, force=True)
         except Exception:  # already done, or Ray is going down: nothing left to stop
             pass
-    for run_id in open_runs:
+    # and a run the interrupt caught as it was being opened, before it was listed (one driver per study)
+    stray = [r.info.run_id for r in tracker.runs(stage="retrain") if r.info.status == "RUNNING"]
+    closing = list(dict.fromkeys([*open_runs, *stray]))
+    for run_id in closing:
         tracker.set_tags(run_id, {ERROR: f"interrupted ({reason})"})
         tracker.end_run(run_id, "KILLED")
-    print(f"[retrain] interrupted ({reason}): {len(open_runs)} run(s) closed as KILLED", flush=True)
+    print(f"[retrain] interrupted ({reason}): {len(closing)} run(s) closed as KILLED", flush=True)
