@@ -1,9 +1,11 @@
 """The ``scssl`` command line.
 
 Exit codes: 0 when every planned trial and job finished, 1 when some failed (each named with its
-reason), 2 for an invalid experiment, data or cluster file (before any compute), 128 + the signal's
-number when SIGINT (130) or SIGTERM (143) stopped the study. Heavy libraries are imported only by the
-commands that use them, so listing commands and configuration errors answer within seconds.
+reason), 2 for an invalid experiment, data, store or cluster file, or a study folder another driver holds
+(before any compute), 75 (EX_TEMPFAIL) when the MLflow store stopped answering for longer than
+``tracking_wait``, 128 + the signal's number when SIGINT (130) or SIGTERM (143) stopped the study. Heavy
+libraries are imported only by the commands that use them, so listing commands and configuration errors
+answer within seconds.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from scssl import __version__
 from scssl.interrupt import stop_on_signals
 from scssl.settings import ConfigError, as_dict
 
-EXIT_FAILED, EXIT_INVALID = 1, 2
+EXIT_FAILED, EXIT_INVALID, EXIT_TRACKING = 1, 2, 75
 
 
 def _methods() -> None:
@@ -115,16 +117,22 @@ def _run(args: argparse.Namespace) -> int:
 
     experiment = load_experiment(args.experiment, args.output_dir, args.tracking_uri)
     from scssl.study import run_study
+    from scssl.tune.tracking import TrackingUnavailable
 
+    again = f"`scssl {args.command} {args.experiment}`"
     with stop_on_signals() as received:
         try:
             failures = run_study(experiment, STAGE_COMMANDS[args.command][1], getattr(args, "address", None), args.verbose)
         except KeyboardInterrupt:
             name = received[0] if received else "SIGINT"
             print(f"\n[scssl] stopped by {name}: unfinished trials and jobs are closed in MLflow as KILLED. "
-                  f"Run `scssl {args.command} {args.experiment}` again to resume; finished work is kept.",
-                  file=sys.stderr, flush=True)
+                  f"Run {again} again to resume; finished work is kept.", file=sys.stderr, flush=True)
             return 128 + getattr(signal, name)
+        except TrackingUnavailable as lost:
+            print(f"\n[scssl] stopped: {lost}. Running trials and jobs were ended. Once it answers again (start "
+                  f"the server, or end what holds the file), run {again} again: finished work is kept and only "
+                  "what is missing runs.", file=sys.stderr, flush=True)
+            return EXIT_TRACKING
     if failures:
         print(f"[scssl] {len(failures)} trial(s) or job(s) failed:", file=sys.stderr)
         for line in failures:

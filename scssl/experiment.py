@@ -43,6 +43,7 @@ class ExperimentConfig:
     search_space: dict[str, Any] | None = None
     output_dir: str | None = None
     tracking_uri: str | None = None
+    tracking_wait: Annotated[float, Field(gt=0)] = 60.0  # seconds to wait for a store that stops answering
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,12 @@ class Experiment:
         raw["search_spaces"] = str(_under(self.source.parent, self.config.search_spaces))
         raw["datasets"] = [_relocated(entry, spec) for entry, spec in zip(raw["datasets"], self.datasets)]
         return raw
+
+    def tunes(self, method: str) -> bool:
+        """Whether the tuning stage searches ``method``: a trained method, ``final.retrain: best``, and a search space
+        with something to sample (one that fixes every value is trained as that configuration)."""
+        return (self.config.final.retrain == "best" and METHODS[method].trainable
+                and bool(self.search_spaces[method].domains))
 
     @property
     def uses_neighbours(self) -> bool:
@@ -146,7 +153,9 @@ def load_experiment(path: str | Path, output_dir: str | None = None, tracking_ur
         study_dir = Path(output_dir).resolve()
     else:
         study_dir = _under(base, config.output_dir or f"studies/{config.name}")
-    _check_writable(study_dir, "--output-dir" if output_dir is not None else f"{path}: output_dir")
+    where = "--output-dir" if output_dir is not None else f"{path}: output_dir"
+    _check_writable(study_dir, where)
+    _check_owner(study_dir, config.name, where)
     uri = (
         tracking_uri
         or config.tracking_uri
@@ -240,6 +249,20 @@ def _check_writable(folder: Path, key: str) -> None:
         raise ConfigError(f"{key}: the study folder {folder} cannot be made: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"{key}: the study folder {folder} cannot be made: {existing} is not writable")
+
+
+def _check_owner(folder: Path, name: str, key: str) -> None:
+    """A study folder belongs to one study: one whose ``experiment.yaml`` names another study is not this one's."""
+    copy = folder / "experiment.yaml"
+    if not copy.is_file():
+        return
+    try:
+        owner = (read_yaml(copy) or {}).get("name")
+    except ConfigError:
+        owner = "(unreadable)"
+    if owner != name:
+        raise ConfigError(f"{key}: the study folder {folder} holds the study {owner!r} (its experiment.yaml), not "
+                          f"{name!r}; give {name!r} a folder of its own, or remove {folder} to replace that study")
 
 
 def _search_spaces(config: ExperimentConfig, path: Path) -> dict[str, SearchSpace]:

@@ -25,42 +25,70 @@ def run_study(experiment: Experiment, stages: tuple[str, ...] = STAGES, address:
               verbose: bool = False) -> list[str]:
     """Run ``stages`` of ``experiment``; returns one line per failed trial or job (empty: all finished).
 
-    An interrupt (KeyboardInterrupt) propagates once each stage has closed its open runs as KILLED."""
+    An interrupt (KeyboardInterrupt) propagates once each stage has closed its open runs as KILLED; a tracking
+    store that stops answering ends the study with ``TrackingUnavailable``. A study folder is held by one
+    driver at a time (``StudyLock``): a second one stops with ``StudyBusy`` before it reads any data."""
+    from scssl.tune.lock import StudyLock
     from scssl.tune.resources import quiet_libraries
-    from scssl.tune.tracking import check_reachable
+    from scssl.tune.tracking import check_store
 
     quiet_libraries(verbose)
     started = time.perf_counter()
-    computes = "tune" in stages or "retrain" in stages
-    datasets = prepare_datasets(experiment, stages) if computes else {}
-    check_reachable(experiment.tracking_uri)
+    check_store(experiment.tracking_uri)
+    lock = StudyLock(experiment.study_dir)
+    lock.check()
+    datasets = prepare_datasets(experiment, stages)
+    digests = fingerprints(experiment, datasets)
     failures, tracker = [], None
-    if computes:
-        failures, tracker = _run_on_ray(experiment, datasets, stages, address, verbose)
-    if "report" in stages:
-        tracker = tracker or open_study(experiment)
-        from scssl.report import build_report
+    try:
+        if "tune" in stages or "retrain" in stages:
+            failures, tracker = _run_on_ray(experiment, datasets, digests, stages, address, verbose, lock)
+        tracker = tracker or open_study(experiment, lock)
+        if "retrain" in stages or "report" in stages:
+            from scssl.tune.retrain import plan_jobs
 
-        umap_seed = _first_seeds(experiment).get("batch_correction", 0)  # UMAPs show batch-correction models
-        table = build_report(tracker, experiment.config.methods, umap_seed, experiment.results_dir)
-        print(f"\n{table}", flush=True)
+            jobs, untuned = plan_jobs(experiment, tracker, digests)  # the study as it is now: only its runs count
+        if "retrain" in stages:
+            _write_embeddings(experiment, tracker, datasets, jobs)
+        if "report" in stages:
+            from scssl.report import build_report
+            from scssl.tune.retrain import study_status
+
+            umap_seed = _first_seeds(experiment).get("batch_correction", 0)  # UMAPs show batch-correction models
+            table = build_report(tracker, experiment.config.methods, {job.key for job in jobs},
+                                 study_status(tracker, jobs, untuned), umap_seed, experiment.results_dir)
+            print(f"\n{table}", flush=True)
+    finally:
+        lock.release()
     ended = "done" if not failures else f"ended with {len(failures)} failure(s)"
     print(f"[scssl] {ended} in {time.perf_counter() - started:.0f} s", flush=True)
     return failures
 
 
-def open_study(experiment: Experiment):
-    """Make the study folder, write the experiment into it and open its MLflow tracker."""
-    from scssl.tune.tracking import Tracker
+def open_study(experiment: Experiment, lock=None):
+    """Take the study folder (``lock``, a ``StudyLock``; None: the caller holds it), write the experiment into
+    it, open its MLflow tracker, log the results a lost store did not take, and close a dead driver's runs."""
+    from scssl.tune.retrain import log_pending
+    from scssl.tune.tracking import Tracker, sqlite_file
 
-    experiment.study_dir.mkdir(parents=True, exist_ok=True)
+    if lock is not None:
+        lock.acquire()
     copy = experiment.study_dir / "experiment.yaml"
     if not (copy.exists() and copy.samefile(experiment.source)):  # `scssl report` may be given the copy
         copy.write_text(f"# {experiment.source} as the study ran it, with its paths made absolute\n"
                         + yaml.safe_dump(experiment.relocated(), sort_keys=False))
-    tracker = Tracker(experiment.tracking_uri, experiment.name, experiment.study_dir / "mlartifacts")
+    tracker = Tracker(experiment.tracking_uri, experiment.name, experiment.study_dir / "mlartifacts",
+                      experiment.config.tracking_wait)
+    if lock is not None and sqlite_file(experiment.tracking_uri) != experiment.study_dir / "mlflow.db":
+        lock.take_marker(tracker.client, tracker.experiment_id)  # a store other study folders may share
     print(f"[scssl] study {experiment.name!r} in {experiment.study_dir}; MLflow: {experiment.tracking_uri}",
           flush=True)
+    logged = log_pending(tracker, experiment.study_dir)
+    if logged:
+        print(f"[scssl] {logged} retrain result(s) kept while MLflow was unreachable now logged", flush=True)
+    killed = tracker.close_dead_runs()  # any stage's: the tuning runs of a killed `run`, its retrain runs...
+    if killed:
+        print(f"[scssl] {killed} run(s) of a stopped driver closed as KILLED", flush=True)
     return tracker
 
 
@@ -70,7 +98,7 @@ def prepare_datasets(experiment: Experiment, stages: tuple[str, ...] = STAGES) -
     from scssl.data import DataError
     from scssl.evaluate.requirements import check_tasks
 
-    tunes = experiment.config.final.retrain == "best" and "tune" in stages
+    tunes = "tune" in stages and any(experiment.tunes(method) for method in experiment.config.methods)
     datasets = {}
     # pretraining data sets first: a transfer target takes their genes
     for i, spec in sorted(enumerate(experiment.datasets), key=lambda item: item[1].pretrain is not None):
@@ -91,40 +119,61 @@ def prepare_datasets(experiment: Experiment, stages: tuple[str, ...] = STAGES) -
     return {spec.label: datasets[spec.label] for spec in experiment.datasets}
 
 
-def fingerprints(experiment: Experiment, datasets: dict[str, PreparedDataset]) -> dict[str, str]:
-    """Each data set's content digest; a transfer target's also covers its pretraining data set's."""
+def fingerprints(experiment: Experiment, datasets: dict[str, PreparedDataset]) -> dict[str, dict[str, str]]:
+    """Data set -> method -> the digest of the data the method reads there (``PreparedDataset.fingerprint_for``); a
+    transfer target's also covers its pretraining data set's."""
     from scssl.tune.tracking import digest
 
     out = {}
     for spec in experiment.datasets:
-        own = datasets[spec.label].fingerprint
-        out[spec.label] = own if spec.pretrain is None else digest([own, datasets[spec.pretrain].fingerprint])
+        out[spec.label] = {}
+        for method in experiment.config.methods:
+            reads = get_method(method).inputs
+            own = datasets[spec.label].fingerprint_for(reads)
+            out[spec.label][method] = own if spec.pretrain is None else digest(
+                [own, datasets[spec.pretrain].fingerprint_for(reads)])
     return out
 
 
 def validate_study(experiment: Experiment) -> None:
     """``scssl validate``: check the experiment and its data, and print what a run would do; starts nothing."""
     from scssl.tune.plan import study_plan
-    from scssl.tune.tracking import check_reachable
+    from scssl.tune.tracking import check_store
 
+    check_store(experiment.tracking_uri)
     prepare_datasets(experiment)
-    check_reachable(experiment.tracking_uri)
     print(f"[validate] {experiment.source}: valid. Study folder {experiment.study_dir}; "
           f"MLflow {experiment.tracking_uri}")
     for line in study_plan(experiment):
         print(f"[validate] {line}")
 
 
+def _write_embeddings(experiment: Experiment, tracker, datasets: dict[str, PreparedDataset], jobs: list) -> None:
+    """``results/embeddings_<data set>.h5ad``: the embeddings of the first seed of each task, from the current jobs
+    (``jobs``) that finished; and each data set's cells in MLflow, for the report's UMAPs."""
+    from scssl.report import log_cell_metadata, write_embeddings
+    from scssl.tune.retrain import finished_keys
+
+    seeds, finished = _first_seeds(experiment), finished_keys(tracker)
+    for name, ds in datasets.items():
+        log_cell_metadata(tracker, name, ds.obs)
+        folder = experiment.study_dir / "embeddings" / name
+        chosen = [(job.method, job.task, job.variant, folder / job.embedding_file) for job in jobs
+                  if job.dataset == name and job.seed == seeds[job.task] and job.key in finished]
+        out = write_embeddings(ds, chosen, experiment.results_dir / f"embeddings_{name}.h5ad")
+        print(f"[retrain] embeddings of {name} (first seed of each task) in {out}", flush=True)
+
+
 def _first_seeds(experiment: Experiment) -> dict[str, int]:
     return {task: experiment.config.final.seeds_for(task)[0] for task in experiment.config.tasks}
 
 
-def _run_on_ray(experiment: Experiment, datasets: dict[str, PreparedDataset], stages, address, verbose):
-    """Start (or join) Ray, check the resource request, run the tune and retrain stages; returns the
-    failure lines and the study's tracker."""
+def _run_on_ray(experiment: Experiment, datasets: dict[str, PreparedDataset], digests: dict[str, dict[str, str]],
+                stages, address, verbose, lock):
+    """Start (or join) Ray, check the resource request, take the study folder, run the tune and retrain
+    stages; returns the failure lines and the study's tracker."""
     import ray
 
-    from scssl.report import log_cell_metadata, write_embeddings
     from scssl.tune.resources import check_resources
     from scssl.tune.retrain import retrain_stage
     from scssl.tune.search import tune_method
@@ -145,10 +194,7 @@ def _run_on_ray(experiment: Experiment, datasets: dict[str, PreparedDataset], st
     failures: list[str] = []
     try:
         check_resources(experiment)
-        tracker = open_study(experiment)
-        killed = tracker.close_dead_runs()  # any stage's: the tuning runs of a killed `run`, its retrain runs...
-        if killed:
-            print(f"[scssl] {killed} run(s) of a stopped driver closed as KILLED", flush=True)
+        tracker = open_study(experiment, lock)
         graphs = experiment.uses_neighbours
         pretraining = {spec.label: datasets.get(spec.pretrain) for spec in experiment.datasets}
         refs = {name: ray.put(SharedData.build(ds, cfg.tune, graphs, pretraining[name]))
@@ -157,20 +203,16 @@ def _run_on_ray(experiment: Experiment, datasets: dict[str, PreparedDataset], st
             print(f"[tune] skipped: final.retrain is {cfg.final.retrain}, so the final stage trains "
                   f"{'every grid point' if cfg.final.retrain == 'grid' else 'each method with its defaults'}",
                   flush=True)
-        data_digests = fingerprints(experiment, datasets)
         if "tune" in stages and cfg.final.retrain == "best":
             for name in refs:
                 for method in cfg.methods:
-                    if get_method(method).trainable:
-                        failures += tune_method(experiment, name, data_digests[name], refs[name], method, tracker)
+                    if experiment.tunes(method):
+                        failures += tune_method(experiment, name, digests[name][method], refs[name], method, tracker)
+                    elif get_method(method).trainable:
+                        print(f"[tune] {name}/{method}: not tuned: its search space fixes every value, so the "
+                              "final stage trains that configuration", flush=True)
         if "retrain" in stages:
-            failures += retrain_stage(experiment, refs, tracker, data_digests)
-            seeds = _first_seeds(experiment)
-            for name, ds in datasets.items():
-                log_cell_metadata(tracker, name, ds.obs)
-                out = write_embeddings(ds, experiment.study_dir / "embeddings" / name,
-                                       experiment.results_dir / f"embeddings_{name}.h5ad", seeds)
-                print(f"[retrain] embeddings of {name} (first seed of each task) in {out}", flush=True)
+            failures += retrain_stage(experiment, refs, tracker, digests)
     finally:
         ray.shutdown()
     return failures, tracker

@@ -1,3 +1,4 @@
+import sys
 import time
 from pathlib import Path
 
@@ -47,6 +48,16 @@ def small_experiment(tmp_path, synthetic_h5ad):
         return path
 
     return write
+
+
+@pytest.fixture(autouse=True)
+def no_jax_threads_in_the_test_process(request):
+    """Tests start Ray in this process, which forks; a fork after JAX started its threads may deadlock (JAX warns
+    "os.fork() was called"). Code that runs JAX belongs in a Ray worker or a spawned process."""
+    yield
+    bridge = sys.modules.get("jax._src.xla_bridge")
+    if bridge is not None and bridge._at_fork_handler_installed:
+        pytest.fail(f"{request.node.nodeid} ran JAX in the test process; run it in a spawned process or a Ray worker")
 
 
 def wait_for(condition, what: str, timeout: float = 300.0):

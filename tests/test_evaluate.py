@@ -1,3 +1,6 @@
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+
 import numpy as np
 import pytest
 import scib_metrics
@@ -38,7 +41,10 @@ def test_knn_accuracy_on_fixed_validation_cells(rng):
     assert validation_split(labels, 0.5, 30, seed=0).sum() == 30
 
 
-def test_scib_wrapper_equals_scib_metrics_called_directly(rng):
+def _scib_both_ways(seed: int) -> tuple[dict, dict]:
+    """scssl's scIB scores and scib-metrics' own on one embedding. Run in a spawned process: JAX's threads
+    must not live in the test process, which forks (Ray's start) in other tests."""
+    rng = np.random.default_rng(seed)
     n = 300
     labels = np.array(["t0", "t1", "t2"])[rng.integers(3, size=n)]
     batch = np.array(["b0", "b1"])[rng.integers(2, size=n)]
@@ -60,6 +66,12 @@ def test_scib_wrapper_equals_scib_metrics_called_directly(rng):
         "graph_connectivity": scib_metrics.graph_connectivity(nn.subset_neighbors(15), labels),
         "pcr_comparison": scib_metrics.pcr_comparison(pre, emb, batch, categorical=True),
     }
+    return scores, {name: float(value) for name, value in direct.items()}
+
+
+def test_scib_wrapper_equals_scib_metrics_called_directly():
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        scores, direct = pool.submit(_scib_both_ways, 0).result()
     for name, value in direct.items():
         assert scores[name] == pytest.approx(float(value), abs=1e-6), name
     bio = np.mean([direct[m] for m in BIO_METRICS])

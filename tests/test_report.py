@@ -134,7 +134,7 @@ def _fake_study(tracker: Tracker, tmp_path) -> dict:
         for task in ("batch_correction", "cell_typing"):
             for seed in (0, 1):
                 tags = {"scssl.stage": "retrain", "scssl.dataset": "d", "scssl.method": method, "scssl.task": task,
-                        "scssl.seed": seed}
+                        "scssl.seed": seed, "scssl.job_key": f"{method}/{task}/{seed}"}
                 run_id = tracker.start_run(f"{method}/{task}/{seed}", tags, {})
                 made[(method, task, seed)] = embed()
                 path = tmp_path / f"{method}__{task}__seed{seed}.npy"
@@ -175,7 +175,8 @@ def test_report_from_mlflow_alone_twice_byte_for_byte(store, tmp_path, capsys, m
     tracker = _tracker(store, tmp_path)
     made = _fake_study(tracker, tmp_path / "made")  # the .npy files live on only as MLflow artifacts
     results = tmp_path / "results"
-    summary = build_report(tracker, ["pca", "simclr"], 0, results)
+    current = {f"{m}/{t}/{s}" for m in ("pca", "simclr") for t in ("batch_correction", "cell_typing") for s in (0, 1)}
+    summary = build_report(tracker, ["pca", "simclr"], current, [], 0, results)
     assert sorted(drawn) == ["d / pca", "d / simclr"]
     embedding, cells = drawn["d / pca"]
     np.testing.assert_array_equal(embedding, made[("pca", "batch_correction", 0)])
@@ -205,7 +206,7 @@ def test_report_from_mlflow_alone_twice_byte_for_byte(store, tmp_path, capsys, m
     shutil.rmtree(results)
     shutil.rmtree(tmp_path / "made")
     capsys.readouterr()
-    assert build_report(_tracker(store, tmp_path), ["pca", "simclr"], 0, results) == summary
+    assert build_report(_tracker(store, tmp_path), ["pca", "simclr"], current, [], 0, results) == summary
     assert {p.name: p.read_bytes() for p in results.glob("*.*") if p.suffix in (".csv", ".md", ".tex")} == tables
     assert len(tracker.runs(stage="report")) == 1  # the report run is reused, not duplicated
     assert "no UMAP" not in capsys.readouterr().out
@@ -214,7 +215,8 @@ def test_report_from_mlflow_alone_twice_byte_for_byte(store, tmp_path, capsys, m
 def test_report_notes_what_it_cannot_draw(store, tmp_path, capsys):
     tracker = _tracker(store, tmp_path)
     run_id = tracker.start_run("r", {"scssl.stage": "retrain", "scssl.dataset": "d", "scssl.method": "simclr",
-                                     "scssl.task": "batch_correction", "scssl.seed": 0, "scssl.variant": "t=1"}, {})
+                                     "scssl.task": "batch_correction", "scssl.seed": 0, "scssl.variant": "t=1",
+                                     "scssl.job_key": "k"}, {})
     scores = {m: 0.5 for m in BIO_METRICS + BATCH_METRICS}
     tracker.log_metrics(run_id, scores | aggregate(scores))
     tracker.end_run(run_id)
@@ -223,7 +225,7 @@ def test_report_notes_what_it_cannot_draw(store, tmp_path, capsys):
     tracker.log_metrics(run_id, {"val_knn_accuracy": 0.4}, step=1)
     tracker.end_run(run_id)
 
-    summary = build_report(tracker, ["simclr"], 0, tmp_path / "results")
+    summary = build_report(tracker, ["simclr"], {"k"}, [], 0, tmp_path / "results")
     assert "| d | simclr | t=1 |" in summary
     out = capsys.readouterr().out
     assert "no cell metadata" in out and "no parameter importances" in out

@@ -1,6 +1,7 @@
 """The final stage: job identity, seeds per task, declared defaults, jobs in flight, interrupts, failures."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import ray
 from mlflow.tracking import MlflowClient
@@ -8,7 +9,6 @@ from mlflow.tracking import MlflowClient
 from scssl.cli import main
 from scssl.experiment import load_experiment
 from scssl.methods import get_method
-from scssl.report.tables import collect
 from scssl.settings import ConfigError, as_dict, parse
 from scssl.tune.retrain import JOB_KEY, job_slots, method_configs, plan_jobs, retrain_stage
 from scssl.stages import FinalSettings
@@ -18,7 +18,8 @@ from scssl.tune.tracking import ERROR, Tracker
 def _jobs(small_experiment, fingerprint="data-v1", **overrides):
     final = overrides.pop("final", {"retrain": "defaults", "seeds": [0]})
     experiment = load_experiment(small_experiment("exp", final=final, **overrides))
-    jobs, untuned = plan_jobs(experiment, None, {"synthetic": fingerprint})  # defaults need no tuning runs
+    fingerprints = {"synthetic": {method: fingerprint for method in experiment.config.methods}}
+    jobs, untuned = plan_jobs(experiment, None, fingerprints)  # defaults need no tuning runs
     assert not untuned
     return jobs
 
@@ -51,7 +52,7 @@ def test_defaults_train_the_declared_settings_without_a_search(small_experiment)
     experiment = load_experiment(small_experiment("exp", final={"retrain": "defaults", "seeds": [0]},
                                                   augment={"masking": {"rate": 0.3}}))
     assert method_configs(experiment, None, "synthetic", "f", "simclr") == [("", {})]
-    [job], _ = plan_jobs(experiment, None, {"synthetic": "f"})
+    [job], _ = plan_jobs(experiment, None, {"synthetic": {"simclr": "f"}})
     assert (job.method, job.variant, job.config) == ("simclr", "", {})
     assert as_dict(job.trial.params) == as_dict(get_method("simclr").Params())
     assert job.trial.train.epochs == 2 and job.trial.augment.masking.rate == 0.3
@@ -144,7 +145,7 @@ def _statuses(tracker):
 def test_runs_open_when_jobs_start_and_an_interrupt_closes_them(tmp_path, small_experiment, monkeypatch):
     experiment = load_experiment(small_experiment("exp", methods=["pca"], final={"seeds": [0, 1, 2]}))
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "exp", tmp_path / "artifacts")
-    fingerprints = {"synthetic": "f"}
+    fingerprints = {"synthetic": {"pca": "f"}}
 
     ray_ = FakeRay(monkeypatch, tracker, cpus=2, script=["ok", "interrupt"])
     with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
@@ -196,6 +197,7 @@ def test_an_edited_experiment_reruns_only_what_it_changed(tmp_path, small_experi
     assert "[retrain] 0 of 1 jobs to run" in capsys.readouterr().out
     first, edited = sorted(_retrain_runs(tmp_path / "out"), key=lambda r: r.info.start_time)
     assert first.data.tags["scssl.superseded"] == "false" and edited.data.tags["scssl.superseded"] == "true"
-    tracker = Tracker(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}", "defaults", tmp_path / "out" / "mlartifacts")
-    reported = collect(tracker).set_index("metric")["value"]
-    assert reported["train_seconds"] == first.data.metrics["train_seconds"] != edited.data.metrics["train_seconds"]
+    assert main(["report", str(path)]) == 0
+    reported = pd.read_csv(tmp_path / "out" / "results" / "metrics_per_seed.csv").set_index("metric")["value"]
+    assert reported["train_seconds"] == pytest.approx(first.data.metrics["train_seconds"])
+    assert first.data.metrics["train_seconds"] != edited.data.metrics["train_seconds"]

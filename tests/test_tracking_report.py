@@ -13,7 +13,7 @@ def _tracker(tmp_path):
 
 def _retrain_run(tracker, method, task, seed, metrics, status="FINISHED"):
     tags = {"scssl.stage": "retrain", "scssl.dataset": "d", "scssl.method": method, "scssl.task": task,
-            "scssl.seed": seed}
+            "scssl.seed": seed, "scssl.job_key": f"{method}/{task}/{seed}"}
     run_id = tracker.start_run(f"{method}/{task}/{seed}", tags, {"method": {"temperature": 0.5}})
     tracker.log_metrics(run_id, metrics)
     tracker.end_run(run_id, status)
@@ -43,9 +43,10 @@ def test_tables_are_mean_and_std_over_seeds(tmp_path):
             _retrain_run(tracker, method, "cell_typing", seed, {"macro_f1": value, "accuracy": value + 0.1})
     _retrain_run(tracker, "simclr", "cell_typing", 3, {"macro_f1": 0.0}, status="FAILED")  # not counted
 
-    long = collect(tracker)
+    current = {f"{method}/cell_typing/{seed}" for method in f1 for seed in range(4)}
+    long = collect(tracker, current)
     assert len(long) == 12 and (long["variant"] == "").all()
-    text = build_report(tracker, ["pca", "simclr"], 0, tmp_path / "results")
+    text = build_report(tracker, ["pca", "simclr"], current, [], 0, tmp_path / "results")
 
     table = pd.read_csv(tmp_path / "results" / "cell_typing.csv", index_col=[0, 1])
     assert table.loc[("d", "simclr"), "macro_f1_mean"] == pytest.approx(0.6)

@@ -62,6 +62,13 @@ def pair_cells(rna: ad.AnnData, other: ad.AnnData, kind: str
     """The cells measured in both modalities (RNA and other, in the RNA's order), those measured by RNA
     alone (mosaic data; None if there are none), and one note per kind of unpaired cell: the RNA-only ones
     are kept for the methods that train on them, those without RNA dropped."""
+    for names, what in ((other.obs_names, "cell"), (other.var_names, "feature")):
+        repeated = names[names.duplicated()].unique()
+        if len(repeated):
+            raise DataError(f"{len(repeated)} {what} names of the {kind} data occur more than once, e.g. "
+                            f"{list(map(str, repeated[:3]))}; expected unique names: call "
+                            f"adata.{'obs' if what == 'cell' else 'var'}_names_make_unique() and write the file again",
+                            "modality.path")
     in_other = rna.obs_names.isin(other.obs_names)
     in_rna = other.obs_names.isin(rna.obs_names)
     if not in_other.any():

@@ -29,6 +29,7 @@ from scssl.data.paired import Modality, modality_of, other_modality, pair_cells,
 from scssl.data.spec import DataError, DatasetSpec
 
 REFERENCE, QUERY = "reference", "query"
+INPUTS = ("counts", "other_counts")  # what a method may read besides the normalised data (``SSLMethod.inputs``)
 _CHUNK = 1 << 22  # stored values checked at once: bounds the memory of the masks on large files
 
 
@@ -93,25 +94,35 @@ class PreparedDataset:
 
     @cached_property
     def fingerprint(self) -> str:
-        """16 hex digits of SHA-256 over X, genes, cell names and batch/label/split: another file or
-        another preprocessing setting gives another value (cached: hashing a large X takes a while)."""
-        parts = [np.asarray(self.X.shape, "<i8"), np.ascontiguousarray(self.X.data, "<f4"),
-                 np.asarray(self.X.indices, "<i8"), np.asarray(self.X.indptr, "<i8")]
+        """16 hex digits of SHA-256 over X, genes, cell names and batch/label/split (and the second modality as a
+        method sees it): another file or another preprocessing setting gives another value (cached: hashing a
+        large X takes a while). Raw counts are apart (``fingerprint_for``): normalisation hides their scale."""
+        parts = [np.asarray(self.X.shape, "<i8"), *_csr_parts(self.X)]
         texts = [self.genes, self.obs.index, self.obs["batch"], self.obs["label"], self.obs["split"]]
         texts += [] if self.missing_genes is None else [self.missing_genes]
         if self.rna_only is not None:
-            extra = self.rna_only.cells.X
-            parts += [np.ascontiguousarray(extra.data, "<f4"), np.asarray(extra.indices, "<i8"),
-                      np.asarray(extra.indptr, "<i8"), np.asarray(self.rna_only.cells.batch_codes, "<i8")]
+            parts += [*_csr_parts(self.rna_only.cells.X), np.asarray(self.rna_only.cells.batch_codes, "<i8")]
         if self.other is not None:
-            other = self.other.X
-            parts += [np.ascontiguousarray(other.data, "<f4"), np.asarray(other.indices, "<i8"),
-                      np.asarray(other.indptr, "<i8")]
+            parts += _csr_parts(self.other.X)
             texts += [[self.other.kind], self.other.features]
-        digest = hashlib.sha256()
-        for blob in [p.tobytes() for p in parts] + ["\x1f".join(map(str, t)).encode() for t in texts]:
-            digest.update(len(blob).to_bytes(8, "little") + blob)  # the length keeps parts from running together
-        return digest.hexdigest()[:16]
+        return _sha(parts, texts)
+
+    @cached_property
+    def input_fingerprints(self) -> dict[str, str]:
+        """The digest of each input that only some methods read (``INPUTS``): the RNA's raw counts (mosaic RNA-only
+        cells' included) and the second modality's; "" for an input the data set lacks."""
+        counts = [] if self.counts is None else _csr_parts(self.counts)
+        if self.rna_only is not None and self.rna_only.cells.counts is not None:
+            counts += _csr_parts(self.rna_only.cells.counts)
+        other = [] if self.other is None else _csr_parts(self.other.counts)
+        return {"counts": _sha(counts, []) if counts else "", "other_counts": _sha(other, []) if other else ""}
+
+    def fingerprint_for(self, inputs: frozenset[str]) -> str:
+        """The digest of what a method that reads ``inputs`` (besides what every method reads) sees: changed raw
+        counts rerun the jobs of exactly the methods that read them. With no inputs, ``fingerprint``."""
+        if not inputs:
+            return self.fingerprint
+        return _sha([], [[self.fingerprint, *(f"{name}={self.input_fingerprints[name]}" for name in sorted(inputs))]])
 
     def cells(self, rows: np.ndarray | None = None) -> Cells:
         """The data set's cells (or its ``rows``) as a method trains on or embeds them."""
@@ -125,6 +136,18 @@ class PreparedDataset:
         """The preprocessed cells, with the user's own key names for batch and label."""
         obs = self.obs.rename(columns={"batch": self.batch_key, "label": self.labels_key})
         return ad.AnnData(X=self.X, obs=obs, var=pd.DataFrame(index=self.genes))
+
+
+def _csr_parts(matrix: sp.csr_matrix) -> list[np.ndarray]:
+    return [np.ascontiguousarray(matrix.data, "<f4"), np.asarray(matrix.indices, "<i8"),
+            np.asarray(matrix.indptr, "<i8")]
+
+
+def _sha(parts: list[np.ndarray], texts: list) -> str:
+    digest = hashlib.sha256()
+    for blob in [p.tobytes() for p in parts] + ["\x1f".join(map(str, t)).encode() for t in texts]:
+        digest.update(len(blob).to_bytes(8, "little") + blob)  # the length keeps parts from running together
+    return digest.hexdigest()[:16]
 
 
 def read_h5ad(path: str | Path) -> ad.AnnData:
@@ -157,17 +180,20 @@ def prepare(spec: DatasetSpec, adata: ad.AnnData | None = None, genes: np.ndarra
     multimodal = read_h5mu(spec.path) if spec.path.endswith(".h5mu") else None  # read once, for both modalities
     if adata is None:
         adata = read_h5ad(spec.path) if multimodal is None else modality_of(multimodal, spec.rna_mod, source, "rna_mod")
+    _check_unique(adata.var_names, "gene", "var", source)
+    _check_unique(adata.obs_names, "cell", "obs", source)
     paired_notes, other, rna_only = [], None, None
     if spec.modality is not None:
-        adata, other, rna_only, paired_notes = pair_cells(adata, other_modality(spec, multimodal),
-                                                          spec.modality.kind)
+        measured = other_modality(spec, multimodal)
+        try:
+            adata, other, rna_only, paired_notes = pair_cells(adata, measured, spec.modality.kind)
+        except DataError as err:
+            raise DataError(f"{spec.modality.path or source}: {err}", err.key) from None
     for what, key in (("batch_key", spec.batch_key), ("labels_key", spec.labels_key)):
         if key not in adata.obs:
             raise DataError(
                 f"{source}: {what} {key!r} is not a column of obs; columns are {list(adata.obs.columns)}", what
             )
-    _check_unique(adata.var_names, "gene", "var", source)
-    _check_unique(adata.obs_names, "cell", "obs", source)
     counts = _counts(adata, spec.counts_layer, source)
 
     given = adata.obs[spec.batch_key]

@@ -6,10 +6,13 @@ concatenate", "n must be smaller than the number of neighbors"), or yields score
 
 from __future__ import annotations
 
+import numpy as np
+
 from scssl.data.prepare import DataError, PreparedDataset
 from scssl.evaluate.cell_typing import K_NEIGHBORS
 from scssl.stages import MODALITY_TASKS, QUERY_TASKS
 
+LABEL_TASKS = ("cell_typing", "fine_tuned_cell_typing")  # the tasks that score the query's cell types
 MIN_CELLS = {
     # All cells: scib-metrics computes its metrics on each cell's 15, 50 and 90 nearest neighbours (the
     # cell itself included); with 89 cells or fewer it fails ("n must be smaller than the number of neighbors").
@@ -56,3 +59,22 @@ def check_tasks(dataset: PreparedDataset, tasks: list[str], source: str, tunes: 
         if n_query == 0:
             raise DataError(f"{source}: {task} needs at least 1 query cell, data set {name!r} has none; "
                             "name the held-out batches in query_batches", "query_batches")
+    if set(tasks) & set(LABEL_TASKS):
+        _check_shared_types(dataset, [t for t in tasks if t in LABEL_TASKS], source)
+
+
+def _check_shared_types(dataset: PreparedDataset, tasks: list[str], source: str) -> None:
+    """Cell typing scores query cells of the types the reference has: none is an error, some a note with counts."""
+    labels = dataset.labels
+    reference = set(labels[dataset.reference_index])
+    query = labels[dataset.query_index]
+    unseen = ~np.isin(query, list(reference))
+    if unseen.all():
+        raise DataError(f"{source}: {' and '.join(tasks)} score the query cells of cell types the reference has, and "
+                        f"none of the {len(query)} query cells of data set {dataset.id!r} has one (query types "
+                        f"{sorted(map(str, set(query)))[:5]}, reference types {sorted(map(str, reference))[:5]}); check labels_key and "
+                        "query_batches", "query_batches")
+    if unseen.any():
+        dataset.notes.append(f"{int(unseen.sum())} of {len(query)} query cells are of {len(set(query[unseen]))} cell "
+                             f"type(s) the reference lacks (e.g. {sorted(map(str, set(query[unseen])))[:3]}): cell typing scores "
+                             "the other cells, its 'all types' columns every cell")

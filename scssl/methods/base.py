@@ -276,6 +276,7 @@ class SSLMethod(nn.Module):
     predicts_other: ClassVar[bool] = False
     uses_rna_only: ClassVar[bool] = False  # trains on mosaic data's RNA-only cells too
     needs_neighbours: ClassVar[bool] = False  # trains on the cells' NeighbourGraph whatever its augmentations
+    inputs: ClassVar[frozenset[str]] = frozenset()  # what it reads besides the normalised data (``INPUTS``)
     encoder_output_activation: ClassVar[bool] = False  # the encoder ends in its activation (CLEAR, CLAIRE)
 
     def __init__(self, n_genes: int, params: EncoderParams, n_other: int = 0):
@@ -416,6 +417,7 @@ class UnavailableMethod:
     modality: ClassVar[str | None] = None
     predicts_other: ClassVar[bool] = False
     uses_rna_only: ClassVar[bool] = False
+    inputs: ClassVar[frozenset[str]] = frozenset()
     needs: ClassVar[str]
 
     def __init__(self, params: Any = None, seed: int = 0):
@@ -427,7 +429,9 @@ class FittedMethod(Protocol):
 
     ``modality`` is the second modality it needs (None: any data); ``predicts_other``: it predicts that
     modality itself (``predict_other``), besides the kNN protocol every method gets; ``uses_rna_only``: it
-    trains on mosaic data's RNA-only cells too (their ``Cells.other_observed`` False).
+    trains on mosaic data's RNA-only cells too (their ``Cells.other_observed`` False); ``inputs``: what it reads
+    besides the normalised data (``scssl.data.prepare.INPUTS``: "counts", "other_counts"), which its results'
+    identity covers.
     """
 
     name: ClassVar[str]
@@ -440,6 +444,7 @@ class FittedMethod(Protocol):
     modality: ClassVar[str | None]
     predicts_other: ClassVar[bool]
     uses_rna_only: ClassVar[bool]
+    inputs: ClassVar[frozenset[str]]
 
     def __init__(self, params: Any, seed: int = 0): ...
 

@@ -37,6 +37,7 @@ class PCABaseline:
     modality: ClassVar[str | None] = None
     predicts_other: ClassVar[bool] = False
     uses_rna_only: ClassVar[bool] = False
+    inputs: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, params: PCAParams, seed: int = 0):
         self.params = params

@@ -256,6 +256,7 @@ class PretrainedScGPT:
     modality: ClassVar[str | None] = None
     predicts_other: ClassVar[bool] = False
     uses_rna_only: ClassVar[bool] = False
+    inputs: ClassVar[frozenset[str]] = frozenset()
     include_zeros: ClassVar[bool] = False  # a token for every matched gene, or for the expressed ones (embed_data)
 
     def __init__(self, params, seed: int = 0):

@@ -51,6 +51,7 @@ class SCVI(ScviMethod):
     modality: ClassVar[str | None] = None
     predicts_other: ClassVar[bool] = False
     uses_rna_only: ClassVar[bool] = False
+    inputs: ClassVar[frozenset[str]] = frozenset({"counts"})
 
     def _obs(self, cells: Cells, training: bool):
         import pandas as pd

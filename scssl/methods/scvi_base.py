@@ -103,6 +103,7 @@ class ScviMethod:
     fine_tunable: ClassVar[bool] = False
     predicts_other: ClassVar[bool] = True
     uses_rna_only: ClassVar[bool] = True
+    inputs: ClassVar[frozenset[str]] = frozenset({"counts", "other_counts"})  # count likelihoods
     modality: ClassVar[str | None]
 
     def __init__(self, params, seed: int = 0):

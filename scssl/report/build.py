@@ -10,7 +10,7 @@ import pandas as pd
 
 from scssl.report.figures import results_table_figure, umap_figure
 from scssl.report.html import ReportFigure, write_html
-from scssl.report.runs import cell_metadata, embeddings, log_report
+from scssl.report.runs import cell_metadata, embeddings, log_report, remove_logged
 from scssl.report.tables import Table, benchmark_tables, collect, label, shown
 from scssl.report.tuning import latest_search, tuning_figures, tuning_study
 from scssl.report.formats import markdown
@@ -19,15 +19,28 @@ from scssl.tune.tracking import DATASET, METHOD, TRIAL_ID, Tracker
 from scssl.tune.trainable import BATCH_METRIC, METRIC
 
 
-def build_report(tracker: Tracker, methods: list[str], umap_seed: int, results_dir: Path) -> str:
+MANIFEST = ".report_files"  # in the results folder: what the last report wrote there, replaced by the next
+
+
+def build_report(tracker: Tracker, methods: list[str], current: set[str], status: list[str], umap_seed: int,
+                 results_dir: Path) -> str:
     """Write every table (CSV, Markdown, LaTeX), figure (PNG) and ``report.html`` under ``results_dir``, log
-    them to the report run, and return the summary's Markdown. Rows follow ``methods``; UMAPs show the
-    batch-correction embeddings of ``umap_seed``. Reads MLflow only, so the tables come out byte for byte
-    the same whenever the runs are the same."""
-    long = collect(tracker)
+    them to the report run, and return the summary's Markdown (with ``status`` below it). Only the retrain runs
+    of ``current`` job keys count (the study as it is now); ``status`` lists what is missing or out of date, and
+    the page shows it. Rows follow ``methods``; UMAPs show the batch-correction embeddings of ``umap_seed``. The
+    previous report's files are removed first, so none outlives the runs it came from; the tables come out byte
+    for byte the same whenever the runs are the same."""
+    for line in status:
+        print(f"[report] not shown: {line}", flush=True)
+    _remove_previous(tracker, results_dir)
+    long = collect(tracker, current)
     tables = benchmark_tables(long, methods)
+    study = tracker.client.get_experiment(tracker.experiment_id).name
+    results_dir.mkdir(parents=True, exist_ok=True)
     if not tables:
-        return "(no finished retrain runs)"
+        page = write_html(f"scssl report: {study}", [], [], results_dir / "report.html", status)
+        _log(tracker, results_dir, [page])
+        return "\n".join(["(no finished retrain runs of the study as it is now)", *status])
     figures_dir = results_dir / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
     files = [results_dir / "metrics_per_seed.csv"]
@@ -39,17 +52,35 @@ def build_report(tracker: Tracker, methods: list[str], umap_seed: int, results_d
     summary = tables[-1].numbers  # every (data set, method, variant), in order
     for dataset in summary.index.unique("dataset"):
         in_order = list(summary.xs(dataset, level="dataset").index.unique("method"))
-        figures += _dataset_figures(tracker, tables, dataset, in_order, umap_seed, figures_dir)
-    study = tracker.client.get_experiment(tracker.experiment_id).name
-    page = write_html(f"scssl report: {study}", tables, figures, results_dir / "report.html")
-    run_id = log_report(tracker, results_dir, files + [f.path for f in figures] + [page])
+        figures += _dataset_figures(tracker, tables, dataset, in_order, umap_seed, current, figures_dir)
+    page = write_html(f"scssl report: {study}", tables, figures, results_dir / "report.html", status)
+    run_id = _log(tracker, results_dir, files + [f.path for f in figures] + [page])
     print(f"[report] {len(files)} table files, {len(figures)} figures and report.html in {results_dir}; "
           f"logged to MLflow run {run_id}", flush=True)
-    return (results_dir / "summary.md").read_text()
+    summary = (results_dir / "summary.md").read_text()
+    return summary + "".join(f"\nNot shown: {line}" for line in status)
+
+
+def _log(tracker: Tracker, results_dir: Path, files: list[Path]) -> str:
+    """Log ``files`` to the report run and list them in the manifest; returns the run's id."""
+    (results_dir / MANIFEST).write_text("".join(f"{p.relative_to(results_dir).as_posix()}\n" for p in files))
+    return log_report(tracker, results_dir, files)
+
+
+def _remove_previous(tracker: Tracker, results_dir: Path) -> None:
+    """Delete what the previous report wrote (its manifest's files, here and in the report run)."""
+    manifest = results_dir / MANIFEST
+    if not manifest.exists():
+        return
+    written = manifest.read_text().split()
+    for name in written:
+        (results_dir / name).unlink(missing_ok=True)
+    remove_logged(tracker, written)
+    manifest.unlink()
 
 
 def _dataset_figures(tracker: Tracker, tables: list[Table], dataset: str, methods: list[str], seed: int,
-                     folder: Path) -> list[ReportFigure]:
+                     current: set[str], folder: Path) -> list[ReportFigure]:
     """The results table, a UMAP per row and the Optuna figures of each tuned method of one data set."""
     section = f"Figures: {dataset}"
     figures = []
@@ -58,7 +89,7 @@ def _dataset_figures(tracker: Tracker, tables: list[Table], dataset: str, method
         part = relative.xs(dataset, level="dataset")
         path = results_table_figure(part, [label(*r) for r in part.index], folder / f"scib_table_{_safe(dataset)}.png")
         figures.append(ReportFigure(section, "scIB metrics relative to the cohort, means over seeds", path))
-        figures += _umaps(tracker, part.index, dataset, seed, folder, section)
+        figures += _umaps(tracker, part.index, dataset, seed, current, folder, section)
     for method in methods:
         study = tuning_study(tracker, dataset, method)
         if study is None:
@@ -71,14 +102,14 @@ def _dataset_figures(tracker: Tracker, tables: list[Table], dataset: str, method
     return figures
 
 
-def _umaps(tracker: Tracker, rows: pd.MultiIndex, dataset: str, seed: int, folder: Path,
+def _umaps(tracker: Tracker, rows: pd.MultiIndex, dataset: str, seed: int, current: set[str], folder: Path,
            section: str) -> list[ReportFigure]:
     """A UMAP of each (method, variant) in ``rows`` from the embeddings and cell metadata in MLflow."""
     cells = cell_metadata(tracker, dataset)
     if cells is None:
         print(f"[report] {dataset}: no cell metadata in MLflow (see log_cell_metadata), so no UMAPs", flush=True)
         return []
-    found = embeddings(tracker, dataset, "batch_correction", seed)
+    found = embeddings(tracker, dataset, "batch_correction", seed, current)
     figures = []
     for method, variant in rows:
         name = label(method, variant)

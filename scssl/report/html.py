@@ -22,7 +22,10 @@ th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 p.note { color: #555; max-width: 70em; }
 </style></head><body>
 <h1>{{ title }}</h1>
-<h2>Tables</h2>
+{% if status %}<h2>Not shown: missing or out of date</h2>
+<ul>{% for line in status %}<li>{{ line }}</li>{% endfor %}</ul>
+{% endif %}{% if not tables %}<p>No finished retrain run of the study as it is now.</p>
+{% else %}<h2>Tables</h2>{% endif %}
 {% for table in tables %}<h3 id="{{ table.name }}">{{ table.title }}</h3>
 <p class="note">{{ table.note }}</p>
 <div class="scroll">{{ table.html | safe }}</div>
@@ -45,12 +48,14 @@ class ReportFigure:
         return base64.b64encode(self.path.read_bytes()).decode("ascii")
 
 
-def write_html(title: str, tables: list[Table], figures: list[ReportFigure], out: Path) -> Path:
-    """``out``: ``tables`` (summary first) and ``figures`` grouped by section, with no link to any other file."""
+def write_html(title: str, tables: list[Table], figures: list[ReportFigure], out: Path,
+               status: list[str] = ()) -> Path:
+    """``out``: what is missing or out of date (``status``), ``tables`` (summary first) and ``figures`` grouped by
+    section, with no link to any other file."""
     ordered = sorted(tables, key=lambda t: t.name != "summary")
     shown = [{"name": t.name, "title": t.title, "note": t.note, "html": html(t.text())} for t in ordered]
     sections: dict[str, list[ReportFigure]] = {}
     for figure in figures:
         sections.setdefault(figure.section, []).append(figure)
-    out.write_text(_PAGE.render(title=title, tables=shown, sections=sections))
+    out.write_text(_PAGE.render(title=title, tables=shown, sections=sections, status=list(status)))
     return out

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scssl.tune.tracking import METHOD, STAGE, VARIANT, Tracker
+from scssl.tune.tracking import JOB_KEY, METHOD, STAGE, VARIANT, Tracker
 
 CELLS = "cells"  # artifact folder of the report run: <dataset>.csv, one row per cell in embedding order
 # A progress bar per small downloaded file would drown the report's own lines; a user's setting wins.
@@ -48,12 +48,14 @@ def cell_metadata(tracker: Tracker, dataset: str) -> pd.DataFrame | None:
         return pd.read_csv(local, index_col="cell", dtype=str, keep_default_na=False)
 
 
-def embeddings(tracker: Tracker, dataset: str, task: str, seed: int) -> dict[tuple[str, str], np.ndarray]:
+def embeddings(tracker: Tracker, dataset: str, task: str, seed: int,
+               current: set[str]) -> dict[tuple[str, str], np.ndarray]:
     """The embedding (every cell) of each (method, variant) of ``dataset``'s latest finished retrain run of
-    ``task`` and ``seed``, from the run's ``.npy`` artifact; runs without one are left out."""
+    ``task`` and ``seed`` among the ``current`` job keys, from the run's ``.npy`` artifact; runs without one
+    are left out."""
     latest = {}
     for run in tracker.runs(stage="retrain", dataset=dataset, task=task, seed=str(seed)):  # oldest first
-        if Tracker.finished(run):
+        if Tracker.finished(run) and run.data.tags.get(JOB_KEY) in current:
             latest[(run.data.tags[METHOD], run.data.tags.get(VARIANT, ""))] = run.info.run_id
     out = {}
     with tempfile.TemporaryDirectory() as folder:
@@ -62,6 +64,21 @@ def embeddings(tracker: Tracker, dataset: str, task: str, seed: int) -> dict[tup
             if files:
                 out[key] = np.load(tracker.client.download_artifacts(run_id, files[0], folder))
     return out
+
+
+def remove_logged(tracker: Tracker, paths: list[str]) -> None:
+    """Delete ``paths`` (relative to the results folder) from the report run, where its artifact store can delete."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    run_id = report_run(tracker, create=False)
+    if run_id is None:
+        return
+    repository = get_artifact_repository(tracker.client.get_run(run_id).info.artifact_uri)
+    for path in paths:
+        try:
+            repository.delete_artifacts(path)
+        except Exception:  # not there, or a store that cannot delete (MLflow raises its own kinds)
+            pass
 
 
 def log_report(tracker: Tracker, results_dir: Path, files: list[Path]) -> str:

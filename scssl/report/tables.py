@@ -12,7 +12,7 @@ import pandas as pd
 from scssl.evaluate import AGGREGATES, BATCH_METRICS, BIO_METRICS, aggregate
 from scssl.evaluate.tasks import TASKS
 from scssl.report.formats import cell, latex, markdown
-from scssl.tune.tracking import DATASET, METHOD, SEED, SUPERSEDED, TASK, VARIANT, Tracker
+from scssl.tune.tracking import DATASET, JOB_KEY, METHOD, SEED, TASK, VARIANT, Tracker
 
 ROW = ["dataset", "method", "variant"]
 LONG = ROW + ["task", "seed", "metric", "value"]
@@ -123,13 +123,13 @@ class Table:
         return files
 
 
-def collect(tracker: Tracker) -> pd.DataFrame:
-    """One row per finished retrain run and metric; the latest run that is not ``superseded`` (its job
-    edited away) wins for a (data set, method, variant, task, seed). A run without the variant tag has
-    variant ""."""
+def collect(tracker: Tracker, current: set[str]) -> pd.DataFrame:
+    """One row per metric of each finished retrain run of a job the study has now (its ``scssl.job_key`` in
+    ``current``: runs of other data or settings are left out); the latest run wins for a (data set, method,
+    variant, task, seed). A run without the variant tag has variant ""."""
     rows = []
     for run in tracker.runs(stage="retrain"):
-        if not Tracker.finished(run) or run.data.tags.get(SUPERSEDED) == "true":
+        if not Tracker.finished(run) or run.data.tags.get(JOB_KEY) not in current:
             continue
         tags = run.data.tags
         for metric, value in run.data.metrics.items():

@@ -21,6 +21,9 @@ def study_plan(experiment: Experiment) -> list[str]:
         elif cfg.final.retrain == "grid":
             configs = len(experiment.search_spaces[method].grid_points())
             tuned = f"no tuning: every point of its grid ({configs})"
+        elif not experiment.tunes(method):
+            tuned, configs = f"no tuning: {experiment.search_spaces[method].source} fixes every value, so that " \
+                             "configuration is trained", 1
         else:
             space = experiment.search_spaces[method]
             n = cfg.tune.num_samples * (len(space.grid_points()) if cfg.tune.search == "grid" else 1)

@@ -56,3 +56,5 @@ def quiet_libraries(verbose: bool) -> None:
     for name in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(level)
     logging.getLogger("mlflow").setLevel(logging.INFO if verbose else logging.WARNING)  # "Creating tables..."
+    # a traceback per busy SQLite call, which the tracker waits out and reports in one line (``PatientClient``)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.INFO if verbose else logging.CRITICAL)

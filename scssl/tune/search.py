@@ -54,7 +54,8 @@ def tune_key(experiment: Experiment, fingerprint: str, method: str) -> str:
 def tune_method(experiment: Experiment, dataset: str, fingerprint: str, data_ref, method: str,
                 tracker: Tracker) -> list[str]:
     """Run the trials of one method on one data set that MLflow does not hold yet; each becomes a run.
-    Returns one line per trial that failed for an error. An interrupt closes the open runs as KILLED."""
+    Returns one line per trial that failed for an error. An interrupt closes the open runs as KILLED; a store that
+    stops answering ends the trials and raises ``TrackingUnavailable`` (the next driver closes their runs)."""
     cfg = experiment.config
     method_cls = get_method(method)
     space = experiment.search_spaces[method]
@@ -106,6 +107,9 @@ def tune_method(experiment: Experiment, dataset: str, fingerprint: str, data_ref
     try:
         tuner.fit()
     except BaseException as stop:
+        if tracker.lost is not None:  # Tune wraps a callback's error: the study stops for the store, runs stay open
+            print(f"[tune] {dataset}/{method}: stopped: MLflow unreachable; its running trials ended", flush=True)
+            raise tracker.lost from None
         closed = callback.close_open(f"interrupted ({stop_reason(stop)})")
         print(f"[tune] {dataset}/{method}: stopped; {closed} running trial(s) closed as KILLED", flush=True)
         raise
