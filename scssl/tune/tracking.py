@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy.exc
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.tracking import MlflowClient
@@ -79,7 +80,8 @@ def _transient(err: BaseException, remote: bool) -> bool:
         # a server that does not answer, or answers 5xx (its own store busy): MLflow calls both INTERNAL_ERROR
         return remote and err.error_code == "INTERNAL_ERROR" and (
             isinstance(err, RestException) or str(err).startswith("API request to"))
-    return isinstance(err, (sqlite3.OperationalError, ConnectionError))
+    # a locked SQLite file met before MLflow's own session (its store's start): SQLAlchemy's error, unwrapped
+    return isinstance(err, (sqlite3.OperationalError, sqlalchemy.exc.OperationalError, ConnectionError))
 
 
 def _reason(err: BaseException) -> str:
@@ -102,7 +104,8 @@ class PatientClient:
         self.uri, self.wait = uri, wait
         self.remote = uri.startswith(("http://", "https://"))
         self.lost: TrackingUnavailable | None = None
-        self.raw = MlflowClient(tracking_uri=uri)  # without the patience: for a heartbeat that may fail
+        # making the client opens a SQLite store (its tables checked): patiently too
+        self.raw = self._call(MlflowClient, (), {"tracking_uri": uri})  # unwrapped: for a heartbeat that may fail
 
     def __getattr__(self, name: str):
         attribute = getattr(self.raw, name)
