@@ -1,6 +1,7 @@
 # `make demo`: create .venv, install from the lock, run the quickstart study end to end.
 # `make test`: the same install, then every test (`make test-fast`, like plain `pytest`, skips the slow ones).
-PYTHON ?= python3
+# the Python of the venv; unset, tools/find-python finds one >= 3.12 (python3, else a newer one installed beside it)
+PYTHON ?=
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -9,9 +10,11 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-# torch first, pinned: an unpinned torch (or one pulled in by a dependency) takes a multi-GB CUDA build.
+# torch first, pinned, so that no dependency pulls another build (on Python 3.12 PyPI's is a 4.7 GB CUDA build).
 $(STAMP): pyproject.toml requirements.lock
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# a missing venv, or one of an older Python (made before scssl needed 3.12), is made anew
+	$(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null || \
+		{ py="$(PYTHON)"; py="$${py:-$$(tools/find-python)}" && rm -rf $(VENV) && "$$py" -m venv $(VENV); }
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$$(grep '^torch==' requirements.lock)"
 	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'

@@ -92,7 +92,7 @@ def test_duplicate_names_are_refused_with_examples_and_hint(tmp_path, axis, what
 def _with_missing(column):
     """60 cells, 5 of them without a value in obs[column]: 2 NaN, one empty, one blank, one 'nan' text."""
     adata = _small()
-    values = adata.obs[column].astype(object).to_numpy()
+    values = adata.obs[column].astype(object).to_numpy(copy=True)
     values[[3, 10]] = np.nan
     values[[20, 30, 40]] = ["", "  ", "nan"]
     adata.obs[column] = values

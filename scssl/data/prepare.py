@@ -374,14 +374,15 @@ def _cells_to_keep(
 
 
 def _counts(adata: ad.AnnData, layer: str | None, source: str) -> sp.csr_matrix:
-    if layer is not None and layer not in adata.layers:
+    named = [name for name in adata.layers if name is not None]  # anndata 0.13 lists X as layers[None]
+    if layer is not None and layer not in named:
         raise DataError(
-            f"{source}: counts_layer {layer!r} is not a layer; layers are {list(adata.layers)} "
+            f"{source}: counts_layer {layer!r} is not a layer; layers are {named} "
             "(leave counts_layer empty if X holds raw counts)", "counts_layer"
         )
     matrix = adata.layers[layer] if layer is not None else adata.X
     where = f"layers[{layer!r}]" if layer is not None else "X"
-    hint = "" if layer is not None else f"; set counts_layer if a layer holds them (layers: {list(adata.layers)})"
+    hint = "" if layer is not None else f"; set counts_layer if a layer holds them (layers: {named})"
     if matrix is None:
         raise DataError(f"{source}: X is empty; expected raw counts{hint}", "counts_layer")
     counts = sp.csr_matrix(matrix, dtype=np.float32)
