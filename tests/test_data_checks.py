@@ -222,11 +222,11 @@ def test_fingerprint_follows_data_and_settings(synthetic_h5ad):
 
 
 def _dataset(n_ref, n_query, n_batches=2, n_types=2) -> PreparedDataset:
-    """Cells with no expression (check_tasks looks only at obs), batch and type cycling."""
+    """Cells with no expression (check_tasks looks only at obs), batch and type cycling (each type in each batch)."""
     n = n_ref + n_query
     obs = pd.DataFrame(
         {"batch": pd.Categorical([f"b{i % n_batches}" for i in range(n)]),
-         "label": pd.Categorical([f"t{i % n_types}" for i in range(n)]),
+         "label": pd.Categorical([f"t{i // n_batches % n_types}" for i in range(n)]),
          "split": pd.Categorical(["reference"] * n_ref + ["query"] * n_query, categories=["reference", "query"])},
         index=[f"c{i}" for i in range(n)],
     )
@@ -250,6 +250,17 @@ def test_batch_correction_minimums():
                                                 "obs['donor'], data set 'tiny' has 1 ('b0')")
     err = _task_error(_dataset(100, 0, n_types=1), "batch_correction")
     assert err.key == "labels_key" and "needs at least 2 cell types in obs['cell_type']" in str(err)
+
+
+def test_batch_correction_needs_a_cell_type_in_two_batches():
+    confounded = _dataset(100, 0)
+    confounded.obs["label"] = pd.Categorical(confounded.obs["batch"].astype(str).str.replace("b", "t"))
+    err = _task_error(confounded, "batch_correction")
+    assert (err.key, str(err)) == ("labels_key", "d.h5ad: batch_correction needs a cell type found in at least 2 "
+                                   "batches (silhouette batch and kBET compare the batches within each type); in "
+                                   "data set 'tiny' every type of obs['cell_type'] sits in one batch of obs['donor']")
+    confounded.obs.loc["c0", "label"] = "t1"  # one cell of t1 in batch b0 makes a type with two batches
+    check_tasks(confounded, ["batch_correction"], "d.h5ad")
 
 
 def test_cell_typing_minimums():

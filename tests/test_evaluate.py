@@ -79,3 +79,50 @@ def test_scib_wrapper_equals_scib_metrics_called_directly():
     assert scores["bio_conservation"] == pytest.approx(bio, abs=1e-6)
     assert scores["batch_correction"] == pytest.approx(batch_score, abs=1e-6)
     assert scores["total"] == pytest.approx(0.6 * bio + 0.4 * batch_score, abs=1e-6)
+
+
+def _scib_and_benchmarker(seed: int) -> tuple[dict, dict]:
+    """scssl's scIB scores and the results table of scib-metrics' own Benchmarker (its default metric set, Leiden
+    clustering added) on one embedding, neighbours exact (scikit-learn) for both. In a spawned process, as above."""
+    import anndata as ad
+    import pandas as pd
+    from scib_metrics.benchmark import Benchmarker, BioConservation
+    from scib_metrics.nearest_neighbors import NeighborsResults
+    from sklearn.neighbors import NearestNeighbors
+
+    rng = np.random.default_rng(seed)
+    n = 400
+    labels = np.array(["t0", "t1", "t2", "t3"])[rng.integers(4, size=n)]
+    batch = np.array(["b0", "b1", "b2"])[rng.integers(3, size=n)]
+    emb = (rng.normal(size=(n, 12)) + (labels == "t1")[:, None] * 2 + (batch == "b1")[:, None] * 0.7).astype(np.float32)
+    pre = rng.normal(size=(n, 20)).astype(np.float32) + (batch == "b1")[:, None]
+    scores = scib_scores(emb, batch, labels, pre)
+
+    def neighbours(X, k):
+        distances, indices = NearestNeighbors(n_neighbors=k).fit(X).kneighbors(X)
+        return NeighborsResults(indices=indices, distances=distances)
+
+    cells = ad.AnnData(obs=pd.DataFrame({"batch": batch, "cell_type": labels}, index=[f"c{i}" for i in range(n)]),
+                       obsm={"emb": emb, "pre": pre})
+    benchmarker = Benchmarker(cells, batch_key="batch", label_key="cell_type", embedding_obsm_keys=["emb"],
+                              bio_conservation_metrics=BioConservation(nmi_ari_cluster_labels_leiden=True),
+                              pre_integrated_embedding_obsm_key="pre", progress_bar=False)
+    benchmarker.prepare(neighbor_computer=neighbours)
+    benchmarker.benchmark()
+    table = benchmarker.get_results(min_max_scale=False)
+    return scores, {name: float(value) for name, value in table.loc["emb"].items()}
+
+
+def test_scib_scores_equal_scib_metrics_own_benchmarker():
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        scores, table = pool.submit(_scib_and_benchmarker, 1).result()
+    theirs = {"isolated_labels": "Isolated labels", "leiden_nmi": "Leiden NMI", "leiden_ari": "Leiden ARI",
+              "silhouette_label": "Silhouette label", "clisi": "cLISI", "ilisi": "iLISI", "kbet": "KBET",
+              "graph_connectivity": "Graph connectivity", "pcr_comparison": "PCR comparison"}
+    for ours, column in theirs.items():
+        assert scores[ours] == pytest.approx(table[column], abs=1e-6), ours
+    # Bio: the same five metrics as the Benchmarker's, which also averages its KMeans NMI and ARI
+    bio = np.mean([table[theirs[m]] for m in BIO_METRICS])
+    assert scores["bio_conservation"] == pytest.approx(bio, abs=1e-6)
+    kmeans = [table["KMeans NMI"], table["KMeans ARI"]]
+    assert table["Bio conservation"] == pytest.approx(np.mean([*(table[theirs[m]] for m in BIO_METRICS), *kmeans]))

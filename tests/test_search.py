@@ -4,6 +4,8 @@ import json
 from types import SimpleNamespace
 
 import optuna
+import pytest
+import ray.cloudpickle
 
 from ray.tune.search import SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
@@ -123,3 +125,13 @@ def test_a_tuning_key_changes_with_what_changes_a_trial_and_not_with_the_budget(
                key(fingerprint="data-v2"), key(tune={"seed": 1}), key(tune={"validation_fraction": 0.3}),
                key(search_space={"method": {"temperature": {"choice": [0.5]}}})]
     assert base not in changed and len(set(changed)) == len(changed)
+
+
+@pytest.mark.parametrize("search", ["tpe", "nsga2", "random"])
+def test_every_search_survives_the_pickling_of_ray_tune_and_proposes_after_it(search):
+    settings = TuneSettings(search=search, multi_objective=search == "nsga2", num_samples=3, seed=0)
+    searcher, _, _, _ = _plan(settings, SPACE, [])
+    again = ray.cloudpickle.loads(ray.cloudpickle.dumps(searcher))  # what Tuner does with its search algorithm
+    again.set_search_properties(None, None, param_space(SPACE))
+    point = again.suggest("t0")
+    assert point["method"]["temperature"] in (0.1, 0.5, 1.0)

@@ -1,3 +1,5 @@
+import importlib.metadata
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -58,3 +60,28 @@ def test_tables_are_mean_and_std_over_seeds(tmp_path):
     assert pca_line < simclr_line, "rows follow the experiment's method order"
     assert "0.600 ± 0.100" in lines[simclr_line]
     assert (tmp_path / "results" / "summary.md").read_text() == text
+
+
+def test_every_run_and_the_scib_tables_say_which_scib_metrics_made_the_numbers(tmp_path, capsys):
+    tracker = _tracker(tmp_path)
+    scores = {"bio_conservation": 0.6, "batch_correction": 0.5, "total": 0.56}
+    runs = [_retrain_run(tracker, m, "batch_correction", 0, scores) for m in ("pca", "simclr")]
+    version = importlib.metadata.version("scib-metrics")
+    for run in tracker.runs(stage="retrain"):
+        assert run.data.tags["scssl.scib_metric_set"].startswith(f"scib-metrics {version}: isolated_labels, ")
+        assert "silhouette_batch" in run.data.tags["scssl.scib_metric_set"]
+    current = {"pca/batch_correction/0", "simclr/batch_correction/0"}
+    build_report(tracker, ["pca", "simclr"], current, [], 0, tmp_path / "results")
+    for name in ("batch_correction", "batch_correction_relative", "summary"):
+        note = (tmp_path / "results" / f"{name}.md").read_text().split("\n")[0]
+        assert note.endswith(f"scIB numbers made with scib-metrics {version}: isolated_labels, leiden_nmi, "
+                             "leiden_ari, silhouette_label, clisi (bio); silhouette_batch, ilisi, kbet, "
+                             "graph_connectivity, pcr_comparison (batch); unscaled, exact neighbours; "
+                             "Total = 0.6 Bio + 0.4 Batch.")
+    assert f"[report] scIB numbers made with scib-metrics {version}" in capsys.readouterr().out
+
+    tracker.set_tags(runs[0], {"scssl.scib_metric_set": "scib-metrics 0.5.10: ..."})  # as an older release made it
+    build_report(tracker, ["pca", "simclr"], current, [], 0, tmp_path / "results")
+    note = (tmp_path / "results" / "batch_correction.md").read_text().split("\n")[0]
+    assert "scIB numbers made with several sets, which do not compare: scib-metrics" in note
+    assert "scib-metrics 0.5.10: ... (1 run)" in note and f"scib-metrics {version}:" in note

@@ -9,6 +9,7 @@ avoids pynndescent's compile time per process and makes the scores deterministic
 from __future__ import annotations
 
 import logging
+from importlib.metadata import version
 
 import anndata as ad
 import numpy as np
@@ -25,6 +26,13 @@ _SCIB_NAMES = {
     "Silhouette label": "silhouette_label", "cLISI": "clisi", "iLISI": "ilisi", "KBET": "kbet",
     "Graph connectivity": "graph_connectivity", "PCR comparison": "pcr_comparison",
 }
+
+
+def metric_set() -> str:
+    """The scib-metrics release and the metrics behind scssl's scIB numbers, as every run and the report record
+    them: numbers of another release or set do not compare."""
+    return (f"scib-metrics {version('scib-metrics')}: {', '.join(BIO_METRICS)} (bio); {', '.join(BATCH_METRICS)} "
+            "(batch); unscaled, exact neighbours; Total = 0.6 Bio + 0.4 Batch")
 
 
 def exact_neighbors(X: np.ndarray, k: int):

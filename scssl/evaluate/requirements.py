@@ -47,6 +47,11 @@ def check_tasks(dataset: PreparedDataset, tasks: list[str], source: str, tunes: 
         if len(types) < 2:  # measured: cLISI, and so Bio and Total, come out as -inf
             raise DataError(f"{source}: batch_correction needs at least 2 cell types in "
                             f"obs[{dataset.labels_key!r}], data set {name!r} has 1 ({types[0]!r})", "labels_key")
+        if (obs.groupby("label", observed=True)["batch"].nunique() < 2).all():  # scib-metrics 0.6 raises then
+            raise DataError(f"{source}: batch_correction needs a cell type found in at least 2 batches (silhouette "
+                            f"batch and kBET compare the batches within each type); in data set {name!r} every type "
+                            f"of obs[{dataset.labels_key!r}] sits in one batch of obs[{dataset.batch_key!r}]",
+                            "labels_key")
     for task in [t for t in tasks if t in MODALITY_TASKS and dataset.other is None]:
         raise DataError(f"{source}: {task} needs a second modality, and data set {name!r} has RNA only; give "
                         "its `modality` (protein or ATAC), or use a multimodal built-in data set", "modality")

@@ -4,13 +4,14 @@ results folder and logged to the study's report run."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
 from scssl.report.figures import results_table_figure, umap_figure
 from scssl.report.html import ReportFigure, write_html
-from scssl.report.runs import cell_metadata, embeddings, log_report, remove_logged
+from scssl.report.runs import cell_metadata, embeddings, log_report, remove_logged, scib_made_with
 from scssl.report.tables import Table, benchmark_tables, collect, label, shown
 from scssl.report.tuning import latest_search, tuning_figures, tuning_study
 from scssl.report.formats import markdown
@@ -20,6 +21,7 @@ from scssl.tune.trainable import BATCH_METRIC, METRIC
 
 
 MANIFEST = ".report_files"  # in the results folder: what the last report wrote there, replaced by the next
+SCIB_TABLES = ("batch_correction", "batch_correction_relative", "summary")  # the tables that show scIB numbers
 
 
 def build_report(tracker: Tracker, methods: list[str], current: set[str], status: list[str], umap_seed: int,
@@ -35,6 +37,10 @@ def build_report(tracker: Tracker, methods: list[str], current: set[str], status
     _remove_previous(tracker, results_dir)
     long = collect(tracker, current)
     tables = benchmark_tables(long, methods)
+    made_with = scib_made_with(tracker, current)
+    if made_with:
+        print(f"[report] {made_with}", flush=True)
+        tables = [replace(t, note=f"{t.note} {made_with}") if t.name in SCIB_TABLES else t for t in tables]
     study = tracker.client.get_experiment(tracker.experiment_id).name
     results_dir.mkdir(parents=True, exist_ok=True)
     if not tables:

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from scssl.tune.tracking import JOB_KEY, METHOD, STAGE, VARIANT, Tracker
+from scssl.tune.tracking import JOB_KEY, METHOD, SCIB_METRIC_SET, STAGE, VARIANT, Tracker
 
 CELLS = "cells"  # artifact folder of the report run: <dataset>.csv, one row per cell in embedding order
 # A progress bar per small downloaded file would drown the report's own lines; a user's setting wins.
@@ -64,6 +65,18 @@ def embeddings(tracker: Tracker, dataset: str, task: str, seed: int,
             if files:
                 out[key] = np.load(tracker.client.download_artifacts(run_id, files[0], folder))
     return out
+
+
+def scib_made_with(tracker: Tracker, current: set[str]) -> str:
+    """Which scib-metrics release and metric set made the scIB numbers of the study as it is now (each run records
+    its own), as a sentence; "" without such runs."""
+    sets = Counter(r.data.tags.get(SCIB_METRIC_SET, "a set not recorded (a run of an scssl before scib-metrics 0.6)")
+                   for r in tracker.runs(stage="retrain", task="batch_correction")
+                   if Tracker.finished(r) and r.data.tags.get(JOB_KEY) in current)
+    if len(sets) <= 1:
+        return "".join(f"scIB numbers made with {made_with}." for made_with in sets)
+    return "scIB numbers made with several sets, which do not compare: " + "; ".join(
+        f"{made_with} ({n} run{'s' * (n != 1)})" for made_with, n in sets.most_common()) + "."
 
 
 def remove_logged(tracker: Tracker, paths: list[str]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 from collections import Counter
 
 import optuna
@@ -209,7 +210,7 @@ def _plan(settings: TuneSettings, space: SearchSpace, done: list) -> tuple[objec
     seed = settings.seed + len(done)
     sampler = {
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
-        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed),
+        "nsga2": lambda: PicklableNSGAII(seed=seed),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
     }[settings.search]()
     points, rewards = [], []
@@ -225,6 +226,18 @@ def _plan(settings: TuneSettings, space: SearchSpace, done: list) -> tuple[objec
     )
     n_todo = max(0, settings.num_samples - len(done))
     return searcher, param_space(space), n_todo, n_todo
+
+
+class PicklableNSGAII(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II, which Ray Tune can pickle with the search algorithm: optuna 5.1's sampler holds a
+    ``threading.Lock``, made anew here when unpickled."""
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_thread_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
 
 
 def _fresh_name(experiment: Experiment, base: str) -> str:

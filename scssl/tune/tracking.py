@@ -22,6 +22,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.tracking import MlflowClient
 
+from scssl.evaluate.batch_correction import metric_set
 from scssl.settings import ConfigError, flatten
 
 # MLflow's own HTTP retries wait minutes per call; the bounded wait of PatientClient replaces them.
@@ -40,6 +41,7 @@ JOB_KEY = "scssl.job_key"  # a retrain run's identity: a digest of everything th
 SUPERSEDED = "scssl.superseded"  # "true" on a finished retrain run whose job the experiment no longer has
 OBJECTIVE = "scssl.objective"  # a tuning run's: the metric its search maximised
 TUNE_KEY = "scssl.tune_key"  # a tuning run's: a digest of what changes a trial's result besides its sampled values
+SCIB_METRIC_SET = "scssl.scib_metric_set"  # every run's: the scib-metrics release and metrics of scIB numbers
 
 
 def digest(obj: Any) -> str:
@@ -211,6 +213,7 @@ class Tracker:
         return self.client.lost
 
     def start_run(self, name: str, tags: dict[str, str], params: dict[str, Any]) -> str:
+        tags = {SCIB_METRIC_SET: metric_set(), **tags}
         run = self.client.create_run(self.experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items()})
         items = [Param(k, str(v)) for k, v in flatten(params).items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per call
