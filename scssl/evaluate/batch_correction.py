@@ -8,6 +8,7 @@ avoids pynndescent's compile time per process and makes the scores deterministic
 
 from __future__ import annotations
 
+import functools
 import logging
 from importlib.metadata import version
 
@@ -28,6 +29,7 @@ _SCIB_NAMES = {
 }
 
 
+@functools.cache  # read once per process: every run's start tags it
 def metric_set() -> str:
     """The scib-metrics release and the metrics behind scssl's scIB numbers, as every run and the report record
     them: numbers of another release or set do not compare."""
