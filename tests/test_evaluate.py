@@ -41,6 +41,13 @@ def test_knn_accuracy_on_fixed_validation_cells(rng):
     assert validation_split(labels, 0.5, 30, seed=0).sum() == 30
 
 
+@pytest.fixture(scope="module")
+def scib_worker():
+    """One spawned process for the scIB comparisons: JAX compiles scib-metrics' functions once (about 30 s)."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
+
+
 def _scib_both_ways(seed: int) -> tuple[dict, dict]:
     """scssl's scIB scores and scib-metrics' own on one embedding. Run in a spawned process: JAX's threads
     must not live in the test process, which forks (Ray's start) in other tests."""
@@ -69,9 +76,9 @@ def _scib_both_ways(seed: int) -> tuple[dict, dict]:
     return scores, {name: float(value) for name, value in direct.items()}
 
 
-def test_scib_wrapper_equals_scib_metrics_called_directly():
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        scores, direct = pool.submit(_scib_both_ways, 0).result()
+@pytest.mark.slow  # JAX compiles scib-metrics for it; test-fast has the Benchmarker's comparison below
+def test_scib_wrapper_equals_scib_metrics_called_directly(scib_worker):
+    scores, direct = scib_worker.submit(_scib_both_ways, 0).result()
     for name, value in direct.items():
         assert scores[name] == pytest.approx(float(value), abs=1e-6), name
     bio = np.mean([direct[m] for m in BIO_METRICS])
@@ -113,9 +120,8 @@ def _scib_and_benchmarker(seed: int) -> tuple[dict, dict]:
     return scores, {name: float(value) for name, value in table.loc["emb"].items()}
 
 
-def test_scib_scores_equal_scib_metrics_own_benchmarker():
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        scores, table = pool.submit(_scib_and_benchmarker, 1).result()
+def test_scib_scores_equal_scib_metrics_own_benchmarker(scib_worker):
+    scores, table = scib_worker.submit(_scib_and_benchmarker, 1).result()
     theirs = {"isolated_labels": "Isolated labels", "leiden_nmi": "Leiden NMI", "leiden_ari": "Leiden ARI",
               "silhouette_label": "Silhouette label", "clisi": "cLISI", "ilisi": "iLISI", "kbet": "KBET",
               "graph_connectivity": "Graph connectivity", "pcr_comparison": "PCR comparison"}
