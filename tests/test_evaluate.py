@@ -76,7 +76,7 @@ def _scib_both_ways(seed: int) -> tuple[dict, dict]:
     return scores, {name: float(value) for name, value in direct.items()}
 
 
-@pytest.mark.slow  # JAX compiles scib-metrics for it; test-fast has the Benchmarker's comparison below
+@pytest.mark.slow  # JAX compiles scib-metrics' functions first (kBET per label alone about 28 s here)
 def test_scib_wrapper_equals_scib_metrics_called_directly(scib_worker):
     scores, direct = scib_worker.submit(_scib_both_ways, 0).result()
     for name, value in direct.items():
@@ -120,6 +120,7 @@ def _scib_and_benchmarker(seed: int) -> tuple[dict, dict]:
     return scores, {name: float(value) for name, value in table.loc["emb"].items()}
 
 
+@pytest.mark.slow  # as above
 def test_scib_scores_equal_scib_metrics_own_benchmarker(scib_worker):
     scores, table = scib_worker.submit(_scib_and_benchmarker, 1).result()
     theirs = {"isolated_labels": "Isolated labels", "leiden_nmi": "Leiden NMI", "leiden_ari": "Leiden ARI",
