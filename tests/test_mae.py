@@ -3,6 +3,7 @@
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -63,6 +64,18 @@ def test_the_hallmark_programmes_mask_whole_programmes_of_real_genes(bmmc):
     assert torch.equal(scored[0], scored[3])  # one draw for the whole batch
     chosen = [p for p in range(len(programmes)) if (programmes[p] & ~scored[0]).sum() == 0]
     assert chosen and torch.equal(programmes[chosen].any(0), scored[0])  # the union of whole programmes
+
+
+@pytest.mark.parametrize("masking", ["isolated_gp_to_gp", "random"])
+def test_reconstruction_scores_every_masking_on_the_entries_the_encoder_did_not_see(bmmc, masking):
+    """GP->GP learns the programme it is shown; its masked scores, like random masking's, are on hidden entries."""
+    params = MAE.Params(embedding_dim=8, masking=masking, gene_programs="hallmark")
+    model = train(MAE, params, Cells(bmmc.X, bmmc.genes), TrainSettings(epochs=1, batch_size=128))
+    x = torch.as_tensor(np.asarray(bmmc.X[:64].todense(), dtype=np.float32))
+    _, scored = model.reconstruct(x, torch.Generator().manual_seed(0))
+    seen = model.masker(x, torch.Generator().manual_seed(0)).inputs != 0  # the same draw: what the encoder saw
+    assert scored.any() and not (scored & seen).any()
+    assert (scored | seen | (x == 0)).all()  # every other entry: scored, or zero in the data anyway
 
 
 @pytest.fixture(scope="module")

@@ -98,6 +98,23 @@ def test_a_transfer_row_trains_on_the_pretraining_cells(tmp_path):
     assert 0 <= metrics["accuracy"] <= 1
 
 
+def test_a_targets_batches_are_new_to_a_model_pretrained_on_another_data_set(tmp_path, monkeypatch):
+    """Both files code their batches a, b, c as 0, 1, 2: the target's must not be taken for the pretraining set's."""
+    from scssl.methods.scvi import SCVI
+
+    experiment = load_experiment(_experiment(tmp_path, pretrain="big"))
+    datasets = prepare_datasets(experiment)
+    shared = SharedData.build(datasets["small_from_big"], TuneSettings(), False, pretrain=datasets["big"])
+    pretraining = shared.training_data("reference")
+    assert not set(pretraining.batch_codes) & set(shared.cells().batch_codes)
+    mapped = []
+    monkeypatch.setattr(SCVI, "_mapped", lambda self, cells: mapped.append(cells.n_cells) or
+                        np.zeros((cells.n_cells, self.params.n_latent), np.float32))
+    model = SCVI(SCVI.Params(n_latent=4)).fit(pretraining, TrainSettings(epochs=1, batch_size=64))
+    model.embed(shared.cells())
+    assert mapped == [datasets["small_from_big"].n_cells]  # every target cell mapped by scArches surgery
+
+
 def test_a_model_pretrained_on_another_protein_panel_embeds_the_target_from_its_rna(tmp_path):
     from scssl.data import resolve
 

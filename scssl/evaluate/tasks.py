@@ -95,10 +95,14 @@ class SharedData:
                    graph(pretrain) if pretrain is not None else None)
 
     def cells(self, rows: np.ndarray | None = None) -> Cells:
-        """This data set's cells (or its ``rows``) as the tasks embed them. In a transfer whose pretraining data
+        """This data set's cells (or its ``rows``) as the tasks embed them. In a transfer, their batch codes
+        follow the pretraining set's (a method that looks batches up by code, scVI's covariate or
+        domain-specific BatchNorm, sees them as batches it was not trained on); where the pretraining data
         set lacks this one's second modality (none, or another kind or panel), their RNA alone: the model has
         no encoder for that modality."""
         cells = self.dataset.cells(rows)
+        if self.pretrain is not None:  # its batches are not the pretraining set's batches of the same codes
+            cells = replace(cells, batch_codes=cells.batch_codes + len(self.pretrain.obs["batch"].cat.categories))
         mine, theirs = self.dataset.other, None if self.pretrain is None else self.pretrain.other
         if self.pretrain is not None and mine is not None and (
                 theirs is None or theirs.kind != mine.kind or not np.array_equal(theirs.features, mine.features)):
@@ -284,5 +288,5 @@ TASKS: dict[str, TaskSpec] = {
 
 # what scoring a task depends on besides the embedding, so that changing it reruns the task's jobs
 EVALUATION = {"cell_typing": {"knn_k": K_NEIGHBORS}, "batch_correction": {"scib": BIO_METRICS + BATCH_METRICS},
-              "reconstruction": {"metrics": TASKS["reconstruction"].metrics}, "fine_tuned_cell_typing": {},
+              "reconstruction": {"metrics": TASKS["reconstruction"].metrics, "masked": "hidden from the encoder"}, "fine_tuned_cell_typing": {},
               "modality_prediction": {"knn_k": 5, "metric": "cosine"}, "cross_modality_prediction": {}}

@@ -390,8 +390,9 @@ class MomentumTargets:
 
 @dataclass
 class Reconstruction:
-    """A method's reconstruction ``x_hat`` of cells from the ``inputs`` it saw; ``scored`` marks the entries
-    it was asked to reconstruct without seeing them (its mask's loss entries; None: scored on all)."""
+    """A method's reconstruction ``x_hat`` of cells from the ``inputs`` it was given; ``scored`` marks the
+    entries its encoder did not see, whatever its loss counted (None: it saw every entry), so that every
+    masking is scored on the same kind of entries."""
 
     inputs: np.ndarray
     x_hat: np.ndarray

@@ -85,7 +85,8 @@ class MAE(SSLMethod):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """(reconstruction, entries scored: hidden from the encoder, or its isolated target) of clean rows
-        ``x``, masked as in training; ``generator`` draws the masks."""
+        """(reconstruction, entries hidden from the encoder) of clean rows ``x``, masked as in training;
+        ``generator`` draws the masks. The hidden entries, not the loss's: an isolated strategy's loss counts
+        the programme it shows (GP->GP), which the reconstruction task must not score as unseen."""
         masked = self.masker(x, generator)
-        return self.decoder(self.encoder(masked.inputs)), masked.loss_mask
+        return self.decoder(self.encoder(masked.inputs)), masked.hidden
