@@ -288,5 +288,6 @@ TASKS: dict[str, TaskSpec] = {
 
 # what scoring a task depends on besides the embedding, so that changing it reruns the task's jobs
 EVALUATION = {"cell_typing": {"knn_k": K_NEIGHBORS}, "batch_correction": {"scib": BIO_METRICS + BATCH_METRICS},
-              "reconstruction": {"metrics": TASKS["reconstruction"].metrics, "masked": "hidden from the encoder"}, "fine_tuned_cell_typing": {},
+              "reconstruction": {"metrics": TASKS["reconstruction"].metrics, "masked": "hidden from the encoder"},
+              "fine_tuned_cell_typing": {},
               "modality_prediction": {"knn_k": 5, "metric": "cosine"}, "cross_modality_prediction": {}}
