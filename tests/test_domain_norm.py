@@ -85,3 +85,38 @@ def test_a_few_epochs_with_domain_norms_on_real_data_type_an_unseen_donor_better
 
     untrained, trained = macro_f1(1, 1e-12), macro_f1(20, 1e-3)
     assert trained > untrained + 0.02, f"query macro F1 {untrained:.3f} -> {trained:.3f}"
+
+
+def test_a_head_on_a_domain_norm_encoder_predicts_a_query_cell_whatever_the_chunks():
+    """The query's batches are unseen: normalised by their statistics over all query cells, not per chunk."""
+    from scssl.evaluate import FineTuneSettings
+    from scssl.evaluate.fine_tuning import regress
+
+    X, codes = _two_batches()
+    query, query_codes = _two_batches(seed=1)
+    query_codes = query_codes + 5  # batches the encoder was not trained on
+    model = train(SimCLR, SimCLR.Params(embedding_dim=8, domain_batchnorm=True), Cells(X, batch_codes=codes),
+                  TrainSettings(epochs=1, batch_size=32), AugmentationConfig())
+    targets = X[:, :3] * 2
+    settings = FineTuneSettings(epochs=2, batch_size=16)
+    order = np.random.default_rng(0).permutation(len(query))
+    for freeze in (True, False):
+        predicted = regress(model.rna_encoder, 8, X, targets, query, settings, 0, freeze=freeze,
+                            ref_codes=codes, query_codes=query_codes)
+        shuffled = regress(model.rna_encoder, 8, X, targets, query[order], settings, 0, freeze=freeze,
+                           ref_codes=codes, query_codes=query_codes[order])
+        np.testing.assert_allclose(shuffled, predicted[order], rtol=1e-4, atol=1e-5)
+
+
+def test_fine_tuned_cell_typing_runs_with_domain_norms_its_twin_from_scratch_included(prepared):
+    from scssl.evaluate import FineTuneSettings, SharedData, TASKS, TaskInputs
+    from scssl.methods import METHODS
+    from scssl.search_space import trial_settings
+    from scssl.stages import TuneSettings
+
+    shared = SharedData.build(prepared, TuneSettings(), with_graphs=False)
+    trial = trial_settings(METHODS["simclr"], TrainSettings(epochs=1, batch_size=64), AugmentationConfig(),
+                           {"method": {"embedding_dim": 8, "domain_batchnorm": True}})
+    metrics, _ = TASKS["fine_tuned_cell_typing"].run(shared, TaskInputs("simclr", trial, 0, 1,
+                                                                        FineTuneSettings(epochs=2)))
+    assert 0 <= metrics["macro_f1"] <= 1 and 0 <= metrics["scratch_macro_f1"] <= 1

@@ -17,15 +17,18 @@ from sklearn.utils.class_weight import compute_class_weight
 from scssl.data import CellMatrix
 from scssl.evaluate.cell_typing import label_transfer_scores
 from scssl.evaluate.settings import FineTuneSettings
+from scssl.methods.domain_norm import domains, in_chunks
 
 
 def train_head(
     encoder: torch.nn.Module, embedding_dim: int, n_outputs: int, X_ref: np.ndarray | sp.spmatrix,
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], targets: torch.Tensor,
     settings: FineTuneSettings, seed: int, device: torch.device | str = "cpu", freeze: bool = False,
+    ref_codes: np.ndarray | None = None,
 ) -> torch.nn.Sequential:
     """A copy of ``encoder`` (cells -> ``embedding_dim``) with a linear head of ``n_outputs``, trained with AdamW
     on ``loss(output, targets[batch])`` over shuffled mini-batches of the reference cells; in eval mode.
+    ``ref_codes``: the reference cells' batches, for an encoder with domain-specific BatchNorm.
 
     The caller's encoder is left untouched, so one pretrained encoder serves every seed and task. A last
     batch of one cell is skipped (BatchNorm cannot train on it); the seed fixes the head's initial weights,
@@ -38,6 +41,7 @@ def train_head(
     trained = [p for p in network.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=settings.lr, weight_decay=settings.weight_decay)
     reference = CellMatrix(X_ref, device)
+    codes = _codes(ref_codes, device)
     order = torch.Generator(device="cpu").manual_seed(seed)
     network.train()
     if freeze:
@@ -47,7 +51,8 @@ def train_head(
         for batch in permutation.split(settings.batch_size):
             if len(batch) < 2:
                 continue
-            value = loss(network(reference.rows(batch)), targets[batch])
+            with domains(network, None if codes is None else codes[batch]):
+                value = loss(network(reference.rows(batch)), targets[batch])
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             optimizer.step()
@@ -55,8 +60,18 @@ def train_head(
 
 
 @torch.no_grad()
-def predict(network: torch.nn.Module, X: np.ndarray | sp.spmatrix, batch_size: int, device) -> torch.Tensor:
-    return torch.cat([network(x).cpu() for x in CellMatrix(X, device).batches(batch_size)])
+def predict(network: torch.nn.Module, X: np.ndarray | sp.spmatrix, codes: np.ndarray | None, batch_size: int,
+            device) -> torch.Tensor:
+    """The network's output for every cell of ``X``, in chunks; domain norms as ``in_chunks`` says (batches of
+    ``codes`` the encoder did not train on: by their statistics over all of ``X``, never a chunk's)."""
+    cells = CellMatrix(X, device)
+    parts = in_chunks(network, lambda rows: network(cells.rows(rows)), cells.n_cells, _codes(codes, device),
+                      batch_size, torch.device(device))
+    return torch.cat([part.cpu() for part in parts])
+
+
+def _codes(codes: np.ndarray | None, device) -> torch.Tensor | None:
+    return None if codes is None else torch.as_tensor(np.asarray(codes, dtype=np.int64), device=device)
 
 
 def fine_tune(
@@ -64,10 +79,12 @@ def fine_tune(
     X_ref: np.ndarray | sp.spmatrix, ref_labels: np.ndarray,
     X_query: np.ndarray | sp.spmatrix, query_labels: np.ndarray,
     settings: FineTuneSettings, seed: int, device: torch.device | str = "cpu",
+    ref_codes: np.ndarray | None = None, query_codes: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Fine-tune ``encoder`` with a classifier head on the reference cell types; the scores of its query
     predictions, those of kNN label transfer. ``class_weighted``: cross-entropy weighted by inverse class
-    frequency (sklearn's "balanced": every type weighs the same in total)."""
+    frequency (sklearn's "balanced": every type weighs the same in total). ``ref_codes`` and ``query_codes``:
+    the cells' batches, for an encoder with domain-specific BatchNorm."""
     types, codes = np.unique(np.asarray(ref_labels), return_inverse=True)
     weight = None
     if settings.class_weighted:
@@ -75,21 +92,21 @@ def fine_tune(
         weight = torch.as_tensor(balanced, dtype=torch.float32, device=device)
     network = train_head(encoder, embedding_dim, len(types), X_ref,
                          lambda output, target: F.cross_entropy(output, target, weight=weight),
-                         torch.as_tensor(codes, device=device), settings, seed, device)
-    predicted = predict(network, X_query, settings.batch_size, device).argmax(dim=1)
+                         torch.as_tensor(codes, device=device), settings, seed, device, ref_codes=ref_codes)
+    predicted = predict(network, X_query, query_codes, settings.batch_size, device).argmax(dim=1)
     return label_transfer_scores(types, query_labels, types[predicted.numpy()])
 
 
 def regress(
     encoder: torch.nn.Module, embedding_dim: int, X_ref: np.ndarray | sp.spmatrix, Y_ref: np.ndarray | sp.spmatrix,
     X_query: np.ndarray | sp.spmatrix, settings: FineTuneSettings, seed: int, device: torch.device | str = "cpu",
-    freeze: bool = False,
+    freeze: bool = False, ref_codes: np.ndarray | None = None, query_codes: np.ndarray | None = None,
 ) -> np.ndarray:
     """Richter et al.'s cross-modality prediction: a linear regression head from ``encoder`` onto the other
     modality ``Y_ref`` (MSE), trained on the reference cells (the encoder frozen, or fine-tuned with it);
-    the query's predicted other modality."""
+    the query's predicted other modality. Batch codes as for ``fine_tune``."""
     targets = torch.as_tensor(np.asarray(Y_ref.todense() if sp.issparse(Y_ref) else Y_ref, dtype=np.float32),
                               device=device)
     network = train_head(encoder, embedding_dim, targets.shape[1], X_ref, F.mse_loss, targets, settings, seed,
-                         device, freeze)
-    return predict(network, X_query, settings.batch_size, device).numpy()
+                         device, freeze, ref_codes)
+    return predict(network, X_query, query_codes, settings.batch_size, device).numpy()

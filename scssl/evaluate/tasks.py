@@ -225,10 +225,11 @@ def cross_modality_prediction(shared: SharedData, inputs: TaskInputs):
     network = model.network
     device = next(network.parameters()).device
     truth = np.asarray(ds.other.X[query].todense(), dtype=np.float32)
+    codes = shared.cells().batch_codes
     metrics = {}
     for prefix, freeze in (("head_", True), ("", False)):
         predicted = regress(network.rna_encoder, inputs.trial.params.embedding_dim, ds.X[ref], ds.other.X[ref],
-                            ds.X[query], inputs.fine_tuning, inputs.seed, device, freeze)
+                            ds.X[query], inputs.fine_tuning, inputs.seed, device, freeze, codes[ref], codes[query])
         scores = modality_prediction_scores(truth, predicted)
         metrics.update({f"{prefix}{k}": scores[k] for k in CROSS_MODALITY_METRICS})
     return metrics, model.embed(shared.cells())
@@ -238,6 +239,7 @@ def fine_tuned_cell_typing(shared: SharedData, inputs: TaskInputs):
     import torch
 
     from scssl.evaluate.fine_tuning import fine_tune
+    from scssl.methods.domain_norm import configure_domains
 
     ds = shared.dataset
     ref, query = ds.reference_index, ds.query_index
@@ -246,10 +248,13 @@ def fine_tuned_cell_typing(shared: SharedData, inputs: TaskInputs):
     network = model.network
     device = next(network.parameters()).device
     dim = inputs.trial.params.embedding_dim
-    args = (ds.X[ref], labels[ref], ds.X[query], labels[query], inputs.fine_tuning, inputs.seed, device)
+    codes = shared.cells().batch_codes
+    args = (ds.X[ref], labels[ref], ds.X[query], labels[query], inputs.fine_tuning, inputs.seed, device,
+            codes[ref], codes[query])
     metrics = fine_tune(network.rna_encoder, dim, *args)
     torch.manual_seed(inputs.seed)  # the twin: the same architecture, initialised as the pretraining started
     scratch = type(network)(ds.X.shape[1], inputs.trial.params, network.n_other).rna_encoder.to(device)
+    configure_domains(scratch, codes[ref], device)  # its domain norms (if any): the batches it trains on
     metrics.update({f"scratch_{k}": v for k, v in fine_tune(scratch, dim, *args).items()})
     return metrics, model.embed(shared.cells())
 
@@ -289,5 +294,6 @@ TASKS: dict[str, TaskSpec] = {
 # what scoring a task depends on besides the embedding, so that changing it reruns the task's jobs
 EVALUATION = {"cell_typing": {"knn_k": K_NEIGHBORS}, "batch_correction": {"scib": BIO_METRICS + BATCH_METRICS},
               "reconstruction": {"metrics": TASKS["reconstruction"].metrics, "masked": "hidden from the encoder"},
-              "fine_tuned_cell_typing": {},
-              "modality_prediction": {"knn_k": 5, "metric": "cosine"}, "cross_modality_prediction": {}}
+              "fine_tuned_cell_typing": {"domain_norms": "query batches adapted over all query cells"},
+              "modality_prediction": {"knn_k": 5, "metric": "cosine"},
+              "cross_modality_prediction": {"domain_norms": "query batches adapted over all query cells"}}

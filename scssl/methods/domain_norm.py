@@ -5,13 +5,15 @@ statistics.
 Which batch each row belongs to is set around a forward pass (``domains``), so that a method's loss and
 embedding code stay as they are: the training loop sets the codes of each mini-batch, and embedding those of
 the cells embedded. Rows of a batch not seen in training (a query donor) are normalised by that batch's own
-statistics, gathered over all its cells in a first pass (``adapting``; AdaBN, Li et al. 2017), with the
-affine parameters averaged over the training batches; scSSL-Bench does not say what it did with them.
-Without codes (a fine-tuning head on the encoder) every row is treated as of an unseen batch.
+statistics, gathered over all its cells in a first pass (``adapting``, run by ``in_chunks`` only when there
+are such rows; AdaBN, Li et al. 2017), with the affine parameters averaged over the training batches;
+scSSL-Bench does not say what it did with them. A head fine-tuned on the encoder gets the cells' codes too;
+rows without codes are treated as of one unseen batch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import numpy as np
@@ -62,7 +64,8 @@ class DomainBatchNorm(nn.Module):
             sums[1] += h.sum(0)
             sums[2] += (h * h).sum(0)
             return torch.zeros_like(h)
-        mean, var = self.adapted.get(code) or (h.mean(0), h.var(0, unbiased=False))
+        adapted = None if self.training else self.adapted.get(code)  # training: the mini-batch's, as BatchNorm
+        mean, var = adapted or (h.mean(0), h.var(0, unbiased=False))
         weight = torch.stack([n.weight for n in self.norms.values()]).mean(0)
         bias = torch.stack([n.bias for n in self.norms.values()]).mean(0)
         eps = next(iter(self.norms.values())).eps
@@ -113,3 +116,32 @@ def adapting(model: nn.Module):
                 mean = total / n
                 module.adapted[code] = mean, (squares / n - mean * mean).clamp_min(0.0)
             module._sums = None
+
+
+def unseen(model: nn.Module, codes: torch.Tensor | None) -> bool:
+    """Whether any row of ``codes`` (None: rows without a batch) is of a batch ``model`` did not train on."""
+    modules = _modules(model)
+    if not modules or codes is None:
+        return bool(modules)
+    trained = torch.tensor([int(code) for code in modules[0].norms], dtype=codes.dtype, device=codes.device)
+    return bool((~torch.isin(codes, trained)).any())
+
+
+def in_chunks(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], n_rows: int,
+              codes: torch.Tensor | None, chunk: int, device: torch.device) -> list[torch.Tensor]:
+    """``forward(rows)`` over consecutive chunks of ``n_rows`` rows, each normalised by its batch's BatchNorm
+    (``codes``): a row of a batch the model did not train on by that batch's statistics over all ``n_rows``,
+    gathered in a first pass that runs only when there are such rows. Without domain norms, one pass."""
+    chunks = [torch.arange(start, min(start + chunk, n_rows), device=device) for start in range(0, n_rows, chunk)]
+
+    def passes() -> list[torch.Tensor]:
+        out = []
+        for rows in chunks:
+            with domains(model, None if codes is None else codes[rows]):
+                out.append(forward(rows))
+        return out
+
+    if unseen(model, codes):
+        with adapting(model):
+            passes()
+    return passes()

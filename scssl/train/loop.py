@@ -21,7 +21,7 @@ from scssl.augment import AugmentationConfig
 from scssl.data import CellMatrix, Cells
 from scssl.methods import Batch, SSLMethod, TrainingContext, get_method
 from scssl.methods.base import Reconstruction
-from scssl.methods.domain_norm import adapting, configure_domains, domains, uses_domains
+from scssl.methods.domain_norm import configure_domains, domains, in_chunks, uses_domains
 from scssl.train.settings import TrainSettings
 
 
@@ -120,7 +120,7 @@ def train(
 @torch.no_grad()
 def embed(model: SSLMethod, data: Cells | np.ndarray | sp.spmatrix, batch_size: int = 1024) -> np.ndarray:
     """The model's embedding of every cell (joint where the cells have the second modality it trained on),
-    with BatchNorm in eval mode (independent of batch composition)."""
+    with BatchNorm in eval mode (independent of batch composition); domain norms as ``in_chunks`` says."""
     cells = as_cells(data)
     was_training = model.training
     model.eval()
@@ -128,18 +128,9 @@ def embed(model: SSLMethod, data: Cells | np.ndarray | sp.spmatrix, batch_size: 
     rna, other = _matrices(type(model), cells if model.n_other else Cells(cells.X), device)
     codes = _codes(cells, device)
 
-    def embedding() -> np.ndarray:
-        parts = []
-        for start in range(0, rna.n_cells, batch_size):
-            idx = torch.arange(start, min(start + batch_size, rna.n_cells), device=device)
-            with domains(model, None if codes is None else codes[idx]):
-                parts.append(model.embed(rna.rows(idx), None if other is None else other.rows(idx)).cpu().numpy())
-        return np.concatenate(parts)
-
-    if uses_domains(model):  # batches not seen in training: normalised by their own statistics
-        with adapting(model):
-            embedding()
-    out = embedding()
+    parts = in_chunks(model, lambda idx: model.embed(rna.rows(idx), None if other is None else other.rows(idx)),
+                      rna.n_cells, codes, batch_size, device)
+    out = np.concatenate([part.cpu().numpy() for part in parts])
     model.train(was_training)
     return out
 
