@@ -201,3 +201,20 @@ def test_an_edited_experiment_reruns_only_what_it_changed(tmp_path, small_experi
     reported = pd.read_csv(tmp_path / "out" / "results" / "metrics_per_seed.csv").set_index("metric")["value"]
     assert reported["train_seconds"] == pytest.approx(first.data.metrics["train_seconds"])
     assert first.data.metrics["train_seconds"] != edited.data.metrics["train_seconds"]
+
+
+def test_the_best_trial_is_chosen_among_the_trials_that_trained_the_most_epochs(tmp_path):
+    """ASHA stopped one trial after 2 epochs on a value above the full-length trials' last values."""
+    from scssl.stages import TuneSettings
+    from scssl.tune.search import best_trials
+    from scssl.tune.tracking import CONFIG
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "study", tmp_path / "artifacts")
+    for name, curve in {"stopped": [0.5, 0.9], "full_a": [0.4, 0.6, 0.7, 0.8], "full_b": [0.3, 0.5, 0.6, 0.75]}.items():
+        run = tracker.start_run(name, {"scssl.stage": "tune", "scssl.dataset": "d", "scssl.method": "simclr",
+                                       "scssl.tune_key": "k", CONFIG: "{}"}, {})
+        for epoch, value in enumerate(curve, start=1):
+            tracker.log_metrics(run, {"epoch": epoch, "val_knn_accuracy": value}, step=epoch)
+        tracker.end_run(run)
+    best = best_trials(tracker, "d", "simclr", TuneSettings(), "k")
+    assert best["val_knn_accuracy"].info.run_name == "full_a"

@@ -238,7 +238,9 @@ def _summary(tables: list[Table], methods: list[str], seeds: int) -> Table:
             "(k = 11) on query cells of types seen in the reference. Fine-tuned: a classifier head on the pretrained "
             "encoder, fine-tuned; from scratch: the same network trained on the labels alone. Reconstruction: MSE "
             "on the query cells (masked: the entries hidden from the method). Modality prediction r: Pearson r per "
-            "query cell between its second modality and the mean of its 5 nearest reference cells' (RNA embedding).")
+            "query cell between its second modality and the mean of its 5 nearest reference cells' (RNA embedding). "
+            "A tuned method retrains the trial with the best last validation objective among those that trained the "
+            "most epochs (ASHA's survivors), never one that ASHA stopped early.")
     return Table("summary", "Summary", note, _ordered(pd.concat(parts, axis=1), methods), columns)
 
 

@@ -17,9 +17,9 @@ from scssl.tune.domains import unwrap
 from scssl.tune.tracking import (
     CONFIG, DATASET, ERROR, METHOD, NODE, OBJECTIVE, RETRIED, STAGE, TRIAL_ID, TUNE_KEY, Tracker,
 )
-from scssl.tune.trainable import BATCH_METRIC, METRIC, NONFINITE, OBJECTIVES, SCORE, TRIAL_ERROR
+from scssl.tune.trainable import BATCH_METRIC, EPOCH, METRIC, NONFINITE, OBJECTIVES, SCORE, TRIAL_ERROR
 
-REPORTED = ("loss", *dict.fromkeys([METRIC, *OBJECTIVES.values(), BATCH_METRIC, SCORE]), "epoch_seconds")
+REPORTED = (EPOCH, "loss", *dict.fromkeys([METRIC, *OBJECTIVES.values(), BATCH_METRIC, SCORE]), "epoch_seconds")
 
 
 class MLflowTrialCallback(Callback):
@@ -62,9 +62,9 @@ class MLflowTrialCallback(Callback):
                 return
         metrics = {k: result[k] for k in REPORTED if k in result}
         run_id = self.run_ids[trial.trial_id]
-        if int(result["epoch"]) == 1 and "node_ip" in result:
+        if int(result[EPOCH]) == 1 and "node_ip" in result:
             self.tracker.set_tags(run_id, {NODE: result["node_ip"]})
-        self.tracker.log_metrics(run_id, metrics, step=int(result["epoch"]))
+        self.tracker.log_metrics(run_id, metrics, step=int(result[EPOCH]))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         reason, failure = self.ended_early.pop(trial.trial_id, (None, False))

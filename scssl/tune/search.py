@@ -28,7 +28,7 @@ from scssl.stages import TuneSettings
 from scssl.tune.callback import MLflowTrialCallback
 from scssl.tune.domains import grid_param_space, param_space
 from scssl.tune.tracking import CONFIG, Tracker, digest
-from scssl.tune.trainable import BATCH_METRIC, MODE, NONFINITE, OBJECTIVES, SCORE, TRIAL_ERROR, run_trial
+from scssl.tune.trainable import BATCH_METRIC, EPOCH, MODE, NONFINITE, OBJECTIVES, SCORE, TRIAL_ERROR, run_trial
 
 
 def objectives(tune_settings: TuneSettings) -> list[str]:
@@ -251,15 +251,22 @@ def _fresh_name(experiment: Experiment, base: str) -> str:
 
 
 def best_trials(tracker: Tracker, dataset: str, method: str, tune_settings: TuneSettings, key: str) -> dict[str, object]:
-    """For each objective, the finished tuning run of ``tune_key`` ``key`` with its highest final value (none
-    when there is none)."""
+    """For each objective, the finished tuning run of ``tune_key`` ``key`` with its highest final value among the
+    runs that trained the most epochs (none when there is none): at equal fidelity, so that a trial ASHA stopped
+    after a few epochs never wins on a value that a full-length trial was not compared with."""
     runs = [r for r in tracker.runs(stage="tune", dataset=dataset, method=method, tune_key=key) if Tracker.finished(r)]
     best = {}
     for name in objectives(tune_settings):
         scored = [r for r in runs if name in r.data.metrics]
+        longest = max((_epochs(r) for r in scored), default=0)
         if scored:
-            best[name] = max(scored, key=lambda r: r.data.metrics[name])
+            best[name] = max((r for r in scored if _epochs(r) == longest), key=lambda r: r.data.metrics[name])
     return best
+
+
+def _epochs(run) -> int:
+    """The epochs a tuning run trained (0 for a run logged before scssl recorded them)."""
+    return int(run.data.metrics.get(EPOCH, 0))
 
 
 def pareto_front(runs: list, names: list[str]) -> list:

@@ -18,6 +18,7 @@ from scssl.search_space import trial_settings
 from scssl.train import EpochReport, NonFiniteLossError, TrainSettings, fit
 from scssl.tune.domains import unwrap
 
+EPOCH = "epoch"  # reported by every trial: the epochs it has trained (the fidelity of its values)
 METRIC, MODE = "val_knn_accuracy", "max"  # reported by every trial; every objective is maximised
 BATCH_METRIC = "val_batch_mixing"  # the second objective of a multi-objective search
 SCORE = "val_score"  # 0.6 x METRIC + 0.4 x BATCH_METRIC: what ASHA ranks multi-objective trials by
@@ -63,7 +64,7 @@ def run_trial(
     def report(model, epoch: EpochReport) -> None:
         nonlocal epochs_done
         embedding = model.embed(cells)
-        metrics = {"epoch": epoch.epoch, "loss": epoch.loss, "epoch_seconds": epoch.seconds,
+        metrics = {EPOCH: epoch.epoch, "loss": epoch.loss, "epoch_seconds": epoch.seconds,
                    METRIC: knn_accuracy(embedding, labels, validation)}
         if multi_objective or objective == "batch_correction":
             metrics[BATCH_METRIC] = 1.0 - knn_accuracy(embedding, batches, validation)
@@ -86,7 +87,7 @@ def run_trial(
     except Exception as err:
         nan = float("nan")
         ended = NONFINITE if isinstance(err, NonFiniteLossError) else TRIAL_ERROR
-        tune.report({"epoch": epochs_done + 1, ended: f"{type(err).__name__}: {err}", METRIC: nan,
+        tune.report({EPOCH: epochs_done + 1, ended: f"{type(err).__name__}: {err}", METRIC: nan,
                      OBJECTIVES[objective]: nan, **({BATCH_METRIC: nan, SCORE: nan} if multi_objective else {})})
 
 
