@@ -13,6 +13,9 @@ size), as scSSL-Bench's query runs (100 epochs). The encoder sees the batch here
 scvi-tools' scArches guide): scSSL-Bench's script kept scvi-tools' default (False), under which the encoder
 never sees the batch and query training cannot move the embedding; with ``encode_covariates: false`` a
 query is embedded directly, as the method then would anyway.
+
+Its query is typed as every method's, by kNN with k = 11 (scSSL-Bench's SSL protocol); scSSL-Bench's own scVI
+query script used k = 5, so its published scVI cell-typing numbers are not on the same footing as its SSL ones.
 """
 
 from __future__ import annotations
