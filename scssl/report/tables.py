@@ -77,9 +77,10 @@ QUERY_TABLES = [
      "(Richter et al.). Pearson r and Spearman per query cell across features, MSE over all entries. Rank: by "
      "Pearson r per cell (fine-tuned).", "pearson"),
     ("reconstruction", "Gene-expression reconstruction of the query cells",
-     "Mean ± std over seeds, on the log-normalised expression of the query cells. 'masked': the entries the "
-     "method reconstructs without seeing them (its training-time masking, or an isolated strategy's target), "
-     "per gene over its masked cells; 'all': every entry. EV: explained variance, uniform over genes or "
+     "Mean ± std over seeds, on the log-normalised expression of the query cells. 'masked': the entries its "
+     "encoder did not see under its training-time masking (the same kind of entries for every strategy; an "
+     "isolated strategy's shown programme is not among them), per gene over its masked cells; 'all': every "
+     "entry. EV: explained variance, uniform over genes or "
      "weighted by their variance. Floors from the same inputs: the reference's per-gene mean, and a PCA of "
      "the reference with as many components as the embedding. Rank: by EV (all).", "explained_variance"),
 ]
