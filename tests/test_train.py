@@ -73,3 +73,16 @@ def test_training_with_neighbour_augmentations(prepared):
     assert len(reports) == 2 and all(np.isfinite(reports))
     with pytest.raises(ValueError, match="NeighbourGraph"):
         train(SimCLR, SimCLR.Params(embedding_dim=8), X, TrainSettings(epochs=1), augment)
+
+
+def test_raw_counts_are_cut_only_for_a_method_that_reads_them(prepared):
+    """A trial or job of a network method never copies the raw counts (scVI's likelihood reads them)."""
+    from scssl.evaluate import SharedData
+    from scssl.methods import get_method
+    from scssl.stages import TuneSettings
+
+    shared = SharedData.build(prepared, TuneSettings(), with_graphs=False)
+    simclr = shared.training_data("reference", inputs=get_method("simclr").inputs)
+    scvi = shared.training_data("reference", inputs=get_method("scvi").inputs)
+    assert simclr.counts is None and shared.cells(prepared.reference_index, get_method("simclr").inputs).counts is None
+    assert scvi.counts.shape == simclr.X.shape == (len(prepared.reference_index), prepared.X.shape[1])

@@ -103,11 +103,14 @@ class Cells:
         n = extra.n_cells
 
         def zeros(matrix):
+            if matrix is None:
+                return None
             return sp.vstack([matrix, sp.csr_matrix((n, matrix.shape[1]), dtype=matrix.dtype)]).tocsr()
 
+        counts = None if self.counts is None else sp.vstack([self.counts, extra.counts]).tocsr()
         observed = np.ones(self.n_cells, bool) if self.other_observed is None else self.other_observed
         return Cells(sp.vstack([self.X, extra.X]).tocsr(), self.genes,
                      np.concatenate([self.batch_codes, extra.batch_codes]), None,
-                     sp.vstack([self.counts, extra.counts]).tocsr(), zeros(self.other), zeros(self.other_counts),
+                     counts, zeros(self.other), zeros(self.other_counts),
                      self.other_kind, np.concatenate([observed, np.zeros(n, bool)]),
                      None if self.labels is None else np.concatenate([self.labels, np.full(n, -1)]))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -124,11 +125,13 @@ class PreparedDataset:
             return self.fingerprint
         return _sha([], [[self.fingerprint, *(f"{name}={self.input_fingerprints[name]}" for name in sorted(inputs))]])
 
-    def cells(self, rows: np.ndarray | None = None) -> Cells:
-        """The data set's cells (or its ``rows``) as a method trains on or embeds them."""
-        other = self.other
-        cells = Cells(self.X, self.genes, self.batch_codes, counts=self.counts,
-                      other=None if other is None else other.X, other_counts=None if other is None else other.counts,
+    def cells(self, rows: np.ndarray | None = None, inputs: Iterable[str] = INPUTS) -> Cells:
+        """The data set's cells (or its ``rows``) as a method that reads ``inputs`` (of ``INPUTS``, besides the
+        normalised data) trains on or embeds them: raw counts no method reads are never cut."""
+        other, inputs = self.other, set(inputs)
+        cells = Cells(self.X, self.genes, self.batch_codes, counts=self.counts if "counts" in inputs else None,
+                      other=None if other is None else other.X,
+                      other_counts=None if other is None or "other_counts" not in inputs else other.counts,
                       other_kind=None if other is None else other.kind)
         return cells if rows is None else cells.subset(rows)
 

@@ -30,13 +30,14 @@ planned for it (``TaskSpec.serves``).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from scssl.augment import NeighbourGraph, build_neighbour_graph
 from scssl.data import Cells, PreparedDataset
+from scssl.data.prepare import INPUTS
 from scssl.evaluate.batch_correction import AGGREGATES, BATCH_METRICS, BIO_METRICS, scib_scores
 from scssl.evaluate.cell_typing import K_NEIGHBORS, knn_cell_typing, validation_split
 from scssl.evaluate.settings import FineTuneSettings
@@ -94,13 +95,13 @@ class SharedData:
         return cls(dataset, is_validation, pre, graph(dataset, reference), graph(dataset), pretrain,
                    graph(pretrain) if pretrain is not None else None)
 
-    def cells(self, rows: np.ndarray | None = None) -> Cells:
+    def cells(self, rows: np.ndarray | None = None, inputs: Iterable[str] = INPUTS) -> Cells:
         """This data set's cells (or its ``rows``) as the tasks embed them. In a transfer, their batch codes
         follow the pretraining set's (a method that looks batches up by code, scVI's covariate or
         domain-specific BatchNorm, sees them as batches it was not trained on); where the pretraining data
         set lacks this one's second modality (none, or another kind or panel), their RNA alone: the model has
         no encoder for that modality."""
-        cells = self.dataset.cells(rows)
+        cells = self.dataset.cells(rows, inputs)
         if self.pretrain is not None:  # its batches are not the pretraining set's batches of the same codes
             cells = replace(cells, batch_codes=cells.batch_codes + len(self.pretrain.obs["batch"].cat.categories))
         mine, theirs = self.dataset.other, None if self.pretrain is None else self.pretrain.other
@@ -109,11 +110,13 @@ class SharedData:
             return rna_only(cells)
         return cells
 
-    def training_data(self, cells: str, rna_only: bool = False, validating: bool = False) -> Cells:
-        """The ``reference`` cells or ``all`` cells as a method trains on them, with their labels; with a
-        pretraining data set, all of its cells whatever the task. With ``rna_only`` (a method that can use
-        them), mosaic data's RNA-only cells of the same batches follow. ``validating`` (a trial, which scores
-        the validation cells by kNN) hides the validation cells' labels from a method that learns from them."""
+    def training_data(self, cells: str, rna_only: bool = False, validating: bool = False,
+                      inputs: Iterable[str] = INPUTS) -> Cells:
+        """The ``reference`` cells or ``all`` cells as a method that reads ``inputs`` trains on them (``cells``), with
+        their labels; with a pretraining data set, all of its cells whatever the task. With ``rna_only`` (a method
+        that can use them), mosaic data's RNA-only cells of the same batches follow. ``validating`` (a trial, which
+        scores the validation cells by kNN) hides the validation cells' labels from a method that learns from
+        them."""
         if self.pretrain is not None:
             ds, rows, graph = self.pretrain, None, self.pretrain_graph
         elif cells == "all":
@@ -123,7 +126,7 @@ class SharedData:
         labels = ds.label_codes if rows is None else ds.label_codes[rows]
         if validating and ds is self.dataset and cells == "reference":
             labels = np.where(self.is_validation, -1, labels)
-        data = replace(ds.cells(rows), graph=graph, labels=labels)
+        data = replace(ds.cells(rows, inputs), graph=graph, labels=labels)
         extra = ds.rna_only
         if not rna_only or extra is None:
             return data
@@ -145,8 +148,8 @@ class TaskInputs:
 
 def _fit(shared: SharedData, inputs: TaskInputs, cells: str):
     """The method fitted on the ``reference`` or ``all`` cells; the time it took counts as training."""
-    trial, started = inputs.trial, time.perf_counter()
-    data = shared.training_data(cells, get_method(inputs.method).uses_rna_only)
+    trial, started, method = inputs.trial, time.perf_counter(), get_method(inputs.method)
+    data = shared.training_data(cells, method.uses_rna_only, inputs=method.inputs)
     model = fit(inputs.method, trial.params, data, trial.train, trial.augment, inputs.seed)
     inputs.timings["train_seconds"] += time.perf_counter() - started
     return model

@@ -55,7 +55,7 @@ def run_trial(
     method_cls = get_method(method)
     trial = trial_settings(method_cls, train_settings, augment, unwrap(config))
     reference = shared.dataset.reference_index
-    cells = shared.cells(reference)
+    cells = shared.cells(reference, method_cls.inputs)  # raw counts cut only for a method that reads them
     labels = shared.dataset.label_codes[reference]
     batches = shared.dataset.obs["batch"].to_numpy()[reference]
     validation = shared.is_validation
@@ -80,7 +80,7 @@ def run_trial(
 
     try:
         # the reference cells, or in a transfer the pretraining cells
-        data = shared.training_data("reference", method_cls.uses_rna_only, validating=True)
+        data = shared.training_data("reference", method_cls.uses_rna_only, validating=True, inputs=method_cls.inputs)
         fit(method, trial.params, data, trial.train, trial.augment, seed, report)
     except RETRIABLE:
         raise
