@@ -39,7 +39,7 @@ print(json.dumps({"scib_metrics": version("scib-metrics"), "scores": scores}))
 def write_inputs(experiment_file: str, folder: Path) -> list[Path]:
     """One ``.npz`` per data set of the study with batch-correction embeddings: ``emb:<file stem>`` arrays and
     the data set's ``pre``, ``batch`` and ``labels``."""
-    from scssl.evaluate.tasks import SharedData
+    from scssl.evaluate.shared import SharedData
     from scssl.experiment import load_experiment
     from scssl.study import prepare_datasets
 

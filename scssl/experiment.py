@@ -23,7 +23,8 @@ from scssl.evaluate.settings import FineTuneSettings
 from scssl.methods import METHODS
 from scssl.search_space import SearchSpace, load_search_space, parse_search_space
 from scssl.settings import SAFE_NAME, SAFE_NAME_TEXT, ConfigError, Name, parse, read_yaml, settings
-from scssl.stages import HEAD_TASKS, QUERY_TASKS, FinalSettings, Task, TuneSettings
+from scssl.evaluate.tasks import DEFAULT_TASKS, TASKS
+from scssl.stages import FinalSettings, Task, TuneSettings
 from scssl.train import TrainSettings
 
 
@@ -33,7 +34,7 @@ class ExperimentConfig:
     datasets: Annotated[list[DatasetSpec], Field(min_length=1)]
     methods: Annotated[list[str], Field(min_length=1)]
     tasks: Annotated[list[Task], Field(min_length=1)] = field(
-        default_factory=lambda: ["batch_correction", "cell_typing"])
+        default_factory=lambda: list(DEFAULT_TASKS))
     train: TrainSettings = field(default_factory=TrainSettings)
     augment: AugmentationConfig = field(default_factory=AugmentationConfig)
     fine_tuning: FineTuneSettings = field(default_factory=FineTuneSettings)
@@ -136,8 +137,8 @@ def load_experiment(path: str | Path, output_dir: str | None = None, tracking_ur
         raise ConfigError(f"{path}: datasets: give each data set a distinct `id`, got {labels}")
     _check_pretraining(datasets, path)
     _check_modalities(config.methods, datasets, path)
-    _check_objective(config, datasets, path)
-    for task in [t for t in config.tasks if t in QUERY_TASKS]:
+    TASKS[config.tune.objective].check_objective(config.methods, datasets, str(path))
+    for task in [t for t in config.tasks if TASKS[t].scores_query]:
         for i, spec in enumerate(datasets):
             if not spec.query_batches:
                 raise ConfigError(
@@ -195,29 +196,15 @@ def _check_modalities(methods: list[str], datasets: list[DatasetSpec], path: Pat
                                   "the data set a `modality`")
 
 
-def _check_objective(config: ExperimentConfig, datasets: list[DatasetSpec], path: Path) -> None:
-    """The tuning objective must be one every tuned method can be scored by on every data set."""
-    objective = config.tune.objective
-    if objective == "modality_prediction":
-        for i, spec in enumerate(datasets):
-            if spec.modality is None:
-                raise ConfigError(f"{path}: tune.objective: modality_prediction needs a second modality, and "
-                                  f"datasets.{i} ({spec.label!r}) has RNA only")
-    if objective == "reconstruction":
-        cannot = [m for m in config.methods if METHODS[m].trainable and not METHODS[m].reconstructs]
-        if cannot:
-            raise ConfigError(f"{path}: tune.objective: reconstruction scores methods that reconstruct their "
-                              f"input, and {cannot} do not; tune them in another experiment")
-
-
 def _check_sections_used(raw: dict, config: ExperimentConfig, path: Path) -> None:
     """A settings block no method or task of the experiment reads is an error, not silently ignored. (``train``
     stays allowed beside baselines alone: its ``device`` and the tuning resources go with it.)"""
     if "augment" in raw and not any("augment" in METHODS[m].sections for m in config.methods):
         raise ConfigError(f"{path}: augment: none of the methods {config.methods} makes augmented views, so none "
                           "would use this block; remove it")
-    if "fine_tuning" in raw and not set(HEAD_TASKS) & set(config.tasks):
-        raise ConfigError(f"{path}: fine_tuning: only the {' and '.join(HEAD_TASKS)} tasks use it, and tasks are "
+    heads = [name for name, task in TASKS.items() if task.trains_head]
+    if "fine_tuning" in raw and not set(heads) & set(config.tasks):
+        raise ConfigError(f"{path}: fine_tuning: only the {' and '.join(heads)} tasks use it, and tasks are "
                           f"{config.tasks}; add one or remove the block")
 
 

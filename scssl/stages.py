@@ -8,7 +8,11 @@ from typing import Literal, Union
 from pydantic import AfterValidator, Discriminator, Field, Tag
 from typing_extensions import Annotated
 
+from scssl.evaluate.tasks import DEFAULT_OBJECTIVE, OBJECTIVES, TASKS
 from scssl.settings import ConfigError, settings
+
+Task = Literal[tuple(TASKS)]  # a task's name, of the registry
+Objective = Literal[tuple(OBJECTIVES)]  # a task that can be the tuning objective
 
 
 @settings
@@ -20,14 +24,11 @@ class TuneSettings:
     (seeded), or ``grid`` (every combination of the search space's ``choice`` values, ``num_samples``
     times). ASHA stops the weak trials after ``grace_period`` epochs, keeping 1 / ``reduction_factor``
     at each rung.
-    The ``objective`` is scored after each epoch on a fixed ``validation_fraction`` of reference cells (at
-    most ``validation_max_cells``), by the other reference cells: ``cell_typing``, the kNN accuracy (k = 11)
-    of their cell types; ``batch_correction``, 0.6 x that + 0.4 x their batch mixing (1 - kNN accuracy of
-    their batch; scIB's weights); ``modality_prediction``, the mean per-cell Pearson r of their second
-    modality predicted from their 5 cosine-nearest other reference cells in the RNA embedding;
-    ``reconstruction``, the explained variance of their masked entries (methods that reconstruct). With
-    ``multi_objective`` (cell typing only) the search maximises cell-type accuracy and batch mixing and the
-    study reports the Pareto front of the two; ASHA then stops trials on the 0.6 / 0.4 score.
+    The ``objective`` (a task that has one: ``Task.objectives``; each task's file says what it scores) is
+    scored after each epoch on a fixed ``validation_fraction`` of reference cells (at most
+    ``validation_max_cells``), by the other reference cells. With ``multi_objective`` (the objective that
+    maximises cell-type kNN accuracy) the search maximises that and batch mixing and the study reports the
+    Pareto front of the two; ASHA then stops trials on the 0.6 / 0.4 score.
     A crashing trial is retried up to ``max_retries`` times; a trial whose loss is NaN is not.
     With ``reuse_actors`` a finished trial's worker process runs the next trial, which saves the seconds
     a new worker spends importing torch and scssl; a worker that starts first then takes more of a
@@ -37,7 +38,7 @@ class TuneSettings:
 
     num_samples: Annotated[int, Field(ge=1)] = 8
     search: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
-    objective: Literal["cell_typing", "batch_correction", "modality_prediction", "reconstruction"] = "cell_typing"
+    objective: Objective = DEFAULT_OBJECTIVE
     multi_objective: bool = False
     seed: int = 0
     max_retries: Annotated[int, Field(ge=0)] = 1
@@ -51,20 +52,9 @@ class TuneSettings:
     validation_max_cells: Annotated[int, Field(ge=10)] = 2000
 
     def __post_init__(self) -> None:
-        if self.multi_objective and self.objective != "cell_typing":
+        if self.multi_objective and self.objective != DEFAULT_OBJECTIVE:
             raise ValueError("multi_objective pairs cell-type accuracy with batch mixing: it needs objective: "
-                             f"cell_typing, not {self.objective}")
-
-
-Task = Literal["batch_correction", "cell_typing", "reconstruction", "fine_tuned_cell_typing", "modality_prediction",
-               "cross_modality_prediction"]
-# the tasks that train on the reference cells and score the query cells (they need query batches)
-QUERY_TASKS = ("cell_typing", "reconstruction", "fine_tuned_cell_typing", "modality_prediction",
-               "cross_modality_prediction")
-# the tasks that train a head on the pretrained encoder, with the experiment's ``fine_tuning`` settings
-HEAD_TASKS = ("fine_tuned_cell_typing", "cross_modality_prediction")
-# the tasks that predict a data set's second modality
-MODALITY_TASKS = ("modality_prediction", "cross_modality_prediction")
+                             f"{DEFAULT_OBJECTIVE}, not {self.objective}")
 
 
 def _seed_list(seeds: list[int]) -> list[int]:

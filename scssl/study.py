@@ -96,7 +96,7 @@ def prepare_datasets(experiment: Experiment, stages: tuple[str, ...] = STAGES) -
     """Load, check and preprocess every data set; a problem is a ConfigError naming the experiment file,
     the key path (``datasets.0.labels_key``) and the data file."""
     from scssl.data import DataError
-    from scssl.evaluate.requirements import check_tasks
+    from scssl.evaluate.tasks import check_tasks
 
     tunes = "tune" in stages and any(experiment.tunes(method) for method in experiment.config.methods)
     datasets = {}
@@ -177,7 +177,7 @@ def _run_on_ray(experiment: Experiment, datasets: dict[str, PreparedDataset], di
     from scssl.tune.resources import check_resources
     from scssl.tune.retrain import retrain_stage
     from scssl.tune.search import tune_method
-    from scssl.evaluate.tasks import SharedData
+    from scssl.evaluate.shared import SharedData
 
     cfg = experiment.config
     local, since = address is None, time.time()

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 from scssl.data import DatasetSpec, make_synthetic
 from scssl.data.prepare import DataError, PreparedDataset, prepare
-from scssl.evaluate.requirements import MIN_CELLS, check_tasks
+from scssl.evaluate.tasks import TASKS, check_tasks
 from scssl.settings import ConfigError
 
 prepare_module = importlib.import_module("scssl.data.prepare")  # the module, not the function of that name
@@ -241,7 +241,7 @@ def _task_error(dataset, task) -> DataError:
 
 
 def test_batch_correction_minimums():
-    assert MIN_CELLS["batch_correction"] == 90
+    assert TASKS["batch_correction"].min_cells == 90
     check_tasks(_dataset(90, 0), ["batch_correction"], "d.h5ad")
     err = _task_error(_dataset(80, 9), "batch_correction")
     assert (err.key, str(err)) == ("path", "d.h5ad: batch_correction needs at least 90 cells, data set 'tiny' has 89")
@@ -264,7 +264,7 @@ def test_batch_correction_needs_a_cell_type_in_two_batches():
 
 
 def test_cell_typing_minimums():
-    assert MIN_CELLS["cell_typing"] == 50
+    assert TASKS["cell_typing"].min_cells == 50
     check_tasks(_dataset(50, 1), ["cell_typing"], "d.h5ad")
     err = _task_error(_dataset(49, 60), "cell_typing")
     assert (err.key, str(err)) == ("query_batches", "d.h5ad: cell_typing needs at least 50 reference cells (kNN "

@@ -17,7 +17,7 @@ from scssl.augment import AugmentationConfig
 from scssl.data import DatasetSpec, prepare, resolve
 from scssl.data.spec import ModalitySpec
 from scssl.evaluate import FineTuneSettings, SharedData, TASKS, TaskInputs
-from scssl.evaluate.requirements import check_tasks
+from scssl.evaluate.tasks import check_tasks
 from scssl.methods import METHODS, PCABaseline, SimCLR
 from scssl.search_space import trial_settings
 from scssl.settings import ConfigError

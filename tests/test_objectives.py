@@ -47,7 +47,7 @@ def test_the_modality_prediction_objective_is_the_knn_prediction_of_the_validati
     predicted = target[~val][neighbours].mean(axis=1)
     truth = target[val]
     expected = np.mean([np.corrcoef(t, p)[0, 1] for t, p in zip(truth, predicted)])
-    assert reports[-1][trainable.MODALITY_METRIC] == pytest.approx(expected, rel=1e-5)
+    assert reports[-1][trainable.OBJECTIVES["modality_prediction"]] == pytest.approx(expected, rel=1e-5)
     assert trainable.METRIC in reports[-1]  # cell typing is reported whatever the objective
 
 
@@ -86,7 +86,7 @@ def test_the_reconstruction_objective_is_the_masked_explained_variance(monkeypat
     x, hidden = x.numpy(), masked.hidden.numpy()
     per_gene = [explained_variance_score(x[hidden[:, g], g], x_hat[hidden[:, g], g])
                 for g in range(x.shape[1]) if hidden[:, g].sum() >= 2]
-    assert reports[-1][trainable.RECONSTRUCTION_METRIC] == pytest.approx(np.mean(per_gene), rel=1e-4)
+    assert reports[-1][trainable.OBJECTIVES["reconstruction"]] == pytest.approx(np.mean(per_gene), rel=1e-4)
 
 
 def test_an_objective_a_method_or_data_set_cannot_serve_is_an_error(tmp_path):

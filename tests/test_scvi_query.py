@@ -91,7 +91,7 @@ def test_semisupervised_share_of_the_epochs():
 
 
 def test_a_trial_hides_the_validation_labels_and_a_task_does_not(pbmc):
-    from scssl.evaluate.tasks import SharedData
+    from scssl.evaluate.shared import SharedData
     from scssl.stages import TuneSettings
 
     shared = SharedData.build(pbmc, TuneSettings(), with_graphs=False)

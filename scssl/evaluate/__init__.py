@@ -1,5 +1,6 @@
-"""Evaluate layer: the benchmark tasks (``TASKS``) and their metrics: scIB batch correction, kNN and
-fine-tuned query-to-reference cell typing, gene-expression reconstruction.
+"""Evaluate layer: the benchmark tasks (``TASKS``, one file each in ``tasks/``) and their metrics: scIB batch
+correction, kNN and fine-tuned query-to-reference cell typing, gene-expression reconstruction, modality
+prediction.
 
 Loaded on first use (anndata, sklearn, scib-metrics).
 """
@@ -13,7 +14,8 @@ __getattr__ = lazy_exports(__name__, {
     "fine_tuning": ["fine_tune"],
     "reconstruction": ["mean_reconstruction", "pca_reconstruction", "reconstruction_scores"],
     "settings": ["FineTuneSettings"],
-    "tasks": ["TASKS", "SharedData", "TaskInputs"],
+    "shared": ["SharedData", "TaskInputs"],
+    "tasks": ["TASKS"],
 })
 
 __all__ = [

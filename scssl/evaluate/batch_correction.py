@@ -17,9 +17,7 @@ import numpy as np
 import pandas as pd
 from sklearn.neighbors import NearestNeighbors
 
-BIO_METRICS = ["isolated_labels", "leiden_nmi", "leiden_ari", "silhouette_label", "clisi"]
-BATCH_METRICS = ["silhouette_batch", "ilisi", "kbet", "graph_connectivity", "pcr_comparison"]
-AGGREGATES = ["bio_conservation", "batch_correction", "total"]
+from scssl.evaluate.tasks.batch_correction import AGGREGATES, BATCH_METRICS, BIO_METRICS
 
 # scib-metrics' column names -> ours
 _SCIB_NAMES = {

@@ -15,7 +15,7 @@ from plottable.cmap import normed_cmap
 from plottable.plots import bar
 
 from scssl.evaluate import AGGREGATES, BATCH_METRICS, BIO_METRICS, exact_neighbors
-from scssl.report.tables import HEADERS
+from scssl.report.tables import SCIB_HEADERS
 
 MAX_UMAP_CELLS = 20_000  # beyond this a fixed random subset of cells is drawn
 _GROUPS = {**dict.fromkeys(BIO_METRICS, "Bio conservation"), **dict.fromkeys(BATCH_METRICS, "Batch correction"),
@@ -31,12 +31,12 @@ def results_table_figure(relative: pd.DataFrame, labels: list[str], out: Path) -
     the relative table, named by ``labels``.
     """
     metrics = [m for m in BIO_METRICS + BATCH_METRICS + AGGREGATES if f"{m}_mean" in relative]
-    frame = pd.DataFrame({HEADERS[m]: relative[f"{m}_mean"].to_numpy(float) for m in metrics}, index=labels)
-    frame = frame.sort_values(HEADERS["total"], ascending=False, kind="stable")
+    frame = pd.DataFrame({SCIB_HEADERS[m]: relative[f"{m}_mean"].to_numpy(float) for m in metrics}, index=labels)
+    frame = frame.sort_values(SCIB_HEADERS["total"], ascending=False, kind="stable")
     frame.insert(0, "Method", frame.index)
     columns = [ColumnDefinition("Method", width=1.5, textprops={"ha": "left", "weight": "bold"})]
     for m in metrics:
-        header, group = HEADERS[m], _GROUPS[m]
+        header, group = SCIB_HEADERS[m], _GROUPS[m]
         if m in AGGREGATES:
             columns.append(ColumnDefinition(
                 header, width=1, title=header.replace(" ", "\n", 1), plot_fn=bar, group=group,

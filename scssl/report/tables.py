@@ -18,72 +18,13 @@ ROW = ["dataset", "method", "variant"]
 LONG = ROW + ["task", "seed", "metric", "value"]
 STATS = ("mean", "std", "count")
 TASK_METRICS = {task: spec.metrics for task, spec in TASKS.items()}
-HEADERS = {
-    "bio_conservation": "Bio", "batch_correction": "Batch", "total": "Total",
-    "isolated_labels": "Isolated labels", "leiden_nmi": "Leiden NMI", "leiden_ari": "Leiden ARI",
-    "silhouette_label": "Silhouette label", "clisi": "cLISI", "silhouette_batch": "Silhouette batch",
-    "ilisi": "iLISI", "kbet": "kBET", "graph_connectivity": "Graph connectivity", "pcr_comparison": "PCR comparison",
-    "macro_f1": "Query macro-F1", "accuracy": "Query accuracy",
-    "macro_f1_all": "Query macro-F1 (all types)", "accuracy_all": "Query accuracy (all types)",
-    "scratch_macro_f1": "From scratch: macro-F1", "scratch_accuracy": "From scratch: accuracy",
-    "scratch_macro_f1_all": "From scratch: macro-F1 (all types)",
-    "scratch_accuracy_all": "From scratch: accuracy (all types)",
-    "masked_mse": "MSE (masked)", "masked_explained_variance": "EV (masked)",
-    "masked_explained_variance_weighted": "EV weighted (masked)", "mse": "MSE (all)",
-    "explained_variance": "EV (all)", "explained_variance_weighted": "EV weighted (all)",
-    "mean_floor_masked_mse": "Mean floor: MSE (masked)", "mean_floor_mse": "Mean floor: MSE (all)",
-    "pca_floor_masked_mse": "PCA floor: MSE (masked)", "pca_floor_mse": "PCA floor: MSE (all)",
-    "pearson": "Pearson r per cell", "feature_pearson": "Pearson r per feature", "rmse": "RMSE",
-    "auroc": "AUROC", "pearson_min": "Pearson r per cell (min)", "pearson_max": "Pearson r per cell (max)",
-    "spearman": "Spearman per cell", "head_pearson": "Frozen: Pearson r per cell",
-    "head_spearman": "Frozen: Spearman per cell", "head_mse": "Frozen: MSE",
-    "rna_macro_f1": "RNA only: query macro-F1", "rna_accuracy": "RNA only: query accuracy",
-    "model_pearson": "Model's own: Pearson r per cell", "model_feature_pearson": "Model's own: Pearson r per feature",
-    "model_rmse": "Model's own: RMSE", "model_auroc": "Model's own: AUROC",
-}
+SCIB_HEADERS = TASKS["batch_correction"].headers
 # The summary's columns: (table, prefix of its columns in the summary, metric or rank, header).
-HEADLINE = [("batch_correction", "", m, HEADERS[m]) for m in AGGREGATES]
-HEADLINE += [("batch_correction_relative", "relative_", m, f"{HEADERS[m]} rel.") for m in AGGREGATES]
-HEADLINE += [("batch_correction_relative", "relative_", "rank", "Rank (Total rel.)"),
-             ("cell_typing", "query_", "macro_f1", "Query macro-F1"),
-             ("cell_typing", "query_", "accuracy", "Query accuracy"),
-             ("cell_typing", "query_", "rank", "Rank (macro-F1)"),
-             ("fine_tuned_cell_typing", "fine_tuned_", "macro_f1", "Fine-tuned macro-F1"),
-             ("fine_tuned_cell_typing", "fine_tuned_", "scratch_macro_f1", "From scratch macro-F1"),
-             ("reconstruction", "reconstruction_", "masked_mse", "Reconstruction MSE (masked)"),
-             ("reconstruction", "reconstruction_", "mse", "Reconstruction MSE (all)"),
-             ("modality_prediction", "modality_", "pearson", "Modality prediction r")]
-# The tables of the tasks scored on query cells: (task, title, note, metric ranked by).
-QUERY_TABLES = [
-    ("cell_typing", "Cell typing, query to reference",
-     "Mean ± std over seeds. kNN (k = 11) fitted on the reference embedding predicts the query cells; "
-     "macro-F1 and accuracy count query cells of types seen in the reference, the 'all types' columns "
-     "every query cell. On multimodal data the embedding is the method's joint one and 'RNA only' the RNA "
-     "embedding alone. Rank: by query macro-F1 (1 = best; tied rows share the better rank).", "macro_f1"),
-    ("fine_tuned_cell_typing", "Cell typing by a fine-tuned classifier, query to reference",
-     "Mean ± std over seeds. A linear head on the pretrained encoder, encoder and head fine-tuned on the "
-     "reference labels (Richter et al.'s cell-type prediction); 'From scratch': the same network from the "
-     "same initial weights, trained on the labels alone (the supervised baseline). Metrics as in kNN cell "
-     "typing. Rank: by fine-tuned query macro-F1.", "macro_f1"),
-    ("modality_prediction", "Missing-modality prediction, query from reference",
-     "Mean ± std over seeds. Each query cell's second modality (protein, or ATAC's binary accessibility) "
-     "predicted as the mean over its 5 cosine-nearest reference cells in the RNA embedding (scSSL-Bench). "
-     "Pearson r per cell across features (the paper's score; min and max over cells), per feature across "
-     "cells, RMSE over all entries, AUROC for ATAC. 'Model's own': the prediction of a generative model "
-     "(totalVI, MultiVI) from the query's RNA. Rank: by Pearson r per cell (kNN).", "pearson"),
-    ("cross_modality_prediction", "Cross-modality prediction by a regression head, query from reference",
-     "Mean ± std over seeds. A linear head (MSE) from the pretrained RNA encoder onto the second modality, "
-     "trained on the reference cells with the encoder fine-tuned, and ('Frozen') with the encoder fixed "
-     "(Richter et al.). Pearson r and Spearman per query cell across features, MSE over all entries. Rank: by "
-     "Pearson r per cell (fine-tuned).", "pearson"),
-    ("reconstruction", "Gene-expression reconstruction of the query cells",
-     "Mean ± std over seeds, on the log-normalised expression of the query cells. 'masked': the entries its "
-     "encoder did not see under its training-time masking (the same kind of entries for every strategy; an "
-     "isolated strategy's shown programme is not among them), per gene over its masked cells; 'all': every "
-     "entry. EV: explained variance, uniform over genes or "
-     "weighted by their variance. Floors from the same inputs: the reference's per-gene mean, and a PCA of "
-     "the reference with as many components as the embedding. Rank: by EV (all).", "explained_variance"),
-]
+HEADLINE = [("batch_correction", "", m, SCIB_HEADERS[m]) for m in AGGREGATES]
+HEADLINE += [("batch_correction_relative", "relative_", m, f"{SCIB_HEADERS[m]} rel.") for m in AGGREGATES]
+HEADLINE += [("batch_correction_relative", "relative_", "rank", "Rank (Total rel.)")]
+HEADLINE += [(name, task.table.prefix, metric, header) for name, task in TASKS.items() if task.table is not None
+             for metric, header in task.table.summary]
 RELATIVE_NOTE = (
     "Relative to the cohort: per data set and seed, each scIB metric is min-max scaled across the rows of this "
     "table (a metric equal in every row scales to 0), then Bio and Batch are the means of the scaled bio and "
@@ -196,15 +137,16 @@ def benchmark_tables(long: pd.DataFrame, methods: list[str]) -> list[Table]:
         tables += [
             Table("batch_correction", "Batch correction, raw scIB metrics",
                   "Mean ± std over seeds of scib-metrics' unscaled scores. Bio, Batch: means of the bio and batch "
-                  "metrics; Total = 0.6 Bio + 0.4 Batch.", raw, _headers(raw)),
+                  "metrics; Total = 0.6 Bio + 0.4 Batch.", raw, _headers(raw, SCIB_HEADERS)),
             Table("batch_correction_relative", "Batch correction, relative to the cohort", RELATIVE_NOTE,
-                  relative, [("rank", "Rank")] + _headers(relative)),
+                  relative, [("rank", "Rank")] + _headers(relative, SCIB_HEADERS)),
         ]
-    for task, title, note, rank_by in QUERY_TABLES:
-        if task in tasks:
-            numbers = summarize(long, task, methods)
-            numbers.insert(0, "rank", ranks(numbers, rank_by))
-            tables.append(Table(task, title, note, numbers, [("rank", "Rank")] + _headers(numbers)))
+    for name, task in TASKS.items():
+        if task.table is not None and name in tasks:
+            numbers = summarize(long, name, methods)
+            numbers.insert(0, "rank", ranks(numbers, task.table.rank_by))
+            tables.append(Table(name, task.table.title, task.table.note, numbers,
+                                [("rank", "Rank")] + _headers(numbers, task.headers)))
     if tables:
         tables.append(_summary(tables, methods, long["seed"].nunique()))
     return tables
@@ -245,9 +187,9 @@ def _summary(tables: list[Table], methods: list[str], seeds: int) -> Table:
     return Table("summary", "Summary", note, _ordered(pd.concat(parts, axis=1), methods), columns)
 
 
-def _headers(summary: pd.DataFrame) -> list[tuple[str, str]]:
+def _headers(summary: pd.DataFrame, headers: dict[str, str]) -> list[tuple[str, str]]:
     metrics = dict.fromkeys(c.rsplit("_", 1)[0] for c in summary.columns if c.endswith("_mean"))
-    return [(m, HEADERS.get(m, m)) for m in metrics]
+    return [(m, headers.get(m, m)) for m in metrics]
 
 
 def _ordered(frame: pd.DataFrame, methods: list[str]) -> pd.DataFrame:

@@ -27,13 +27,13 @@ import torch
 from mlflow.exceptions import MlflowException
 
 from scssl.evaluate.settings import FineTuneSettings
-from scssl.evaluate.tasks import EVALUATION, TASKS, SharedData, TaskInputs
+from scssl.evaluate.shared import SharedData, TaskInputs
+from scssl.evaluate.tasks import TASKS
 from scssl.experiment import Experiment
 from scssl.interrupt import stop_reason
 from scssl.methods import get_method
 from scssl.search_space import TrialSettings, trial_settings
 from scssl.settings import as_dict
-from scssl.stages import HEAD_TASKS
 from scssl.tune.search import best_trials, tune_key
 from scssl.tune.tracking import (
     CONFIG, DATASET, ERROR, JOB_KEY, METHOD, SEED, STAGE, SUPERSEDED, TASK, VARIANT, Tracker, digest,
@@ -61,8 +61,9 @@ class RetrainJob:
     def key(self) -> str:
         """Digest of everything that changes the result: data, method, task, seed, variant, every resolved
         setting of the sections the method reads (``train.device`` included) and the evaluation."""
-        evaluation = EVALUATION[self.task]
-        if self.task in HEAD_TASKS:
+        task = TASKS[self.task]
+        evaluation = task.evaluation
+        if task.trains_head:
             evaluation = {**evaluation, "fine_tuning": as_dict(self.fine_tuning)}
         return digest({"data": self.fingerprint, "method": self.method, "task": self.task, "seed": self.seed,
                        "variant": self.variant, "settings": self.trial.as_dict(), "evaluation": evaluation})

@@ -20,6 +20,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
+from scssl.evaluate.tasks import DEFAULT_OBJECTIVE
 from scssl.experiment import Experiment
 from scssl.interrupt import stop_reason
 from scssl.methods import get_method
@@ -48,7 +49,8 @@ def tune_key(experiment: Experiment, fingerprint: str, method: str) -> str:
         "data": fingerprint, "method": method, "defaults": defaults,
         "space": {".".join(path): repr(value) for path, value in space.entries.items()},
         "objective": [cfg.tune.seed, cfg.tune.validation_fraction, cfg.tune.validation_max_cells,
-                      cfg.tune.multi_objective] + ([] if cfg.tune.objective == "cell_typing" else [cfg.tune.objective]),
+                      cfg.tune.multi_objective]
+        + ([] if cfg.tune.objective == DEFAULT_OBJECTIVE else [cfg.tune.objective]),  # the default: keys as before
     })
 
 
