@@ -85,8 +85,7 @@ class Experiment:
     def uses_neighbours(self) -> bool:
         """Whether any run may use a BBKNN or MNN augmentation, or a method that trains on the neighbour graph
         (CLAIRE), so that neighbour graphs are needed."""
-        if self.config.augment.uses_neighbours or any(getattr(METHODS[m], "needs_neighbours", False)
-                                                      for m in self.config.methods):
+        if self.config.augment.uses_neighbours or any(METHODS[m].needs_neighbours for m in self.config.methods):
             return True
         return any(space.may_exceed_zero(("augment", name, "prob"))
                    for space in self.search_spaces.values() for name in ("bbknn", "mnn"))
@@ -117,7 +116,9 @@ def load_experiment(path: str | Path, output_dir: str | None = None, tracking_ur
         raise ConfigError(f"{path}: methods: unknown {unknown}; known methods are {list(METHODS)}")
     if len(set(config.methods)) != len(config.methods):
         raise ConfigError(f"{path}: methods: each method may appear once, got {config.methods}")
-    unavailable = [METHODS[m].needs for m in config.methods if getattr(METHODS[m], "needs", None)]
+    from scssl.methods.base import UnavailableMethod  # the method classes load torch: only now
+
+    unavailable = [METHODS[m].needs for m in config.methods if issubclass(METHODS[m], UnavailableMethod)]
     if unavailable:
         raise ConfigError(f"{path}: methods: " + "; ".join(unavailable))
     _check_sections_used(raw, config, path)

@@ -8,14 +8,15 @@ Every method is one of two kinds, behind the same registry:
 - ``FittedMethod``: a method that fits by itself (PCA today); ``fit`` then ``embed``.
 
 ``sections`` says which experiment / search-space sections a method reads besides ``method``, so that a
-section it would ignore is an error at load time. ``reconstructs`` and ``fine_tunable`` say which tasks it
-can serve besides the embedding tasks.
+section it would ignore is an error at load time. What a model can do besides embedding is a protocol it
+implements (``Reconstructs``, ``PredictsOther``; a network's encoder carries heads: ``carries_heads``), which
+the tasks ask for.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Protocol, runtime_checkable
 
 import math
 
@@ -269,11 +270,8 @@ class SSLMethod(nn.Module):
     Params: ClassVar[type[EncoderParams]]
     trainable: ClassVar[bool] = True  # trained by the shared loop, tuned over a search space
     sections: ClassVar[frozenset[str]] = frozenset({"train"})
-    reconstructs: ClassVar[bool] = False
-    fine_tunable: ClassVar[bool] = True
     uses_other: ClassVar[bool] = True  # trains on a second modality when the data has one
     modality: ClassVar[str | None] = None  # the second modality it needs: "any", "protein", "atac" or None
-    predicts_other: ClassVar[bool] = False
     uses_rna_only: ClassVar[bool] = False  # trains on mosaic data's RNA-only cells too
     needs_neighbours: ClassVar[bool] = False  # trains on the cells' NeighbourGraph whatever its augmentations
     inputs: ClassVar[frozenset[str]] = frozenset()  # what it reads besides the normalised data (``INPUTS``)
@@ -413,11 +411,9 @@ class UnavailableMethod:
     Params: ClassVar[type] = NoParams
     trainable: ClassVar[bool] = False
     sections: ClassVar[frozenset[str]] = frozenset()
-    reconstructs: ClassVar[bool] = False
-    fine_tunable: ClassVar[bool] = False
     modality: ClassVar[str | None] = None
-    predicts_other: ClassVar[bool] = False
     uses_rna_only: ClassVar[bool] = False
+    needs_neighbours: ClassVar[bool] = False
     inputs: ClassVar[frozenset[str]] = frozenset()
     needs: ClassVar[str]
 
@@ -428,8 +424,7 @@ class UnavailableMethod:
 class FittedMethod(Protocol):
     """A method that fits by itself, not by the shared loop (PCA; totalVI and MultiVI by scvi-tools).
 
-    ``modality`` is the second modality it needs (None: any data); ``predicts_other``: it predicts that
-    modality itself (``predict_other``), besides the kNN protocol every method gets; ``uses_rna_only``: it
+    ``modality`` is the second modality it needs (None: any data); ``uses_rna_only``: it
     trains on mosaic data's RNA-only cells too (their ``Cells.other_observed`` False); ``inputs``: what it reads
     besides the normalised data (``scssl.data.prepare.INPUTS``: "counts", "other_counts"), which its results'
     identity covers.
@@ -440,11 +435,9 @@ class FittedMethod(Protocol):
     Params: ClassVar[type]
     trainable: ClassVar[bool]
     sections: ClassVar[frozenset[str]]
-    reconstructs: ClassVar[bool]
-    fine_tunable: ClassVar[bool]
     modality: ClassVar[str | None]
-    predicts_other: ClassVar[bool]
     uses_rna_only: ClassVar[bool]
+    needs_neighbours: ClassVar[bool]
     inputs: ClassVar[frozenset[str]]
 
     def __init__(self, params: Any, seed: int = 0): ...
@@ -454,6 +447,25 @@ class FittedMethod(Protocol):
 
     def embed(self, cells: Cells) -> np.ndarray: ...
 
-    def reconstruct(self, X: np.ndarray | sp.spmatrix, seed: int) -> Reconstruction: ...  # when ``reconstructs``
+    # and, where it can: ``reconstruct`` (``Reconstructs``), ``predict_other`` (``PredictsOther``)
 
-    def predict_other(self, cells: Cells) -> np.ndarray: ...  # when ``predicts_other``
+
+@runtime_checkable
+class Reconstructs(Protocol):
+    """A model that reconstructs cells from its training-time masking (the reconstruction task): the MAE's
+    network, or a method that fits by itself (PCA)."""
+
+    def reconstruct(self, *args, **kwargs): ...
+
+
+@runtime_checkable
+class PredictsOther(Protocol):
+    """A fitted model that predicts cells' second modality from their RNA (totalVI, MultiVI), besides the kNN
+    protocol every method gets."""
+
+    def predict_other(self, cells: Cells) -> np.ndarray: ...
+
+
+def carries_heads(method: type) -> bool:
+    """Whether ``method`` trains a network whose encoder a head can be fine-tuned on (the head tasks)."""
+    return isinstance(method, type) and issubclass(method, SSLMethod)

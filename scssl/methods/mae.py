@@ -51,7 +51,6 @@ class MAE(SSLMethod):
 
     name = "mae"
     Params = MAEParams
-    reconstructs = True
     uses_other = False  # Richter et al.'s MAE is uni-modal: on multimodal data it trains on the RNA
 
     def __init__(self, n_genes: int, params: MAEParams, n_other: int = 0):

@@ -32,11 +32,9 @@ class PCABaseline:
     Params: ClassVar[type] = PCAParams
     trainable: ClassVar[bool] = False
     sections: ClassVar[frozenset[str]] = frozenset()
-    reconstructs: ClassVar[bool] = True
-    fine_tunable: ClassVar[bool] = False
     modality: ClassVar[str | None] = None
-    predicts_other: ClassVar[bool] = False
     uses_rna_only: ClassVar[bool] = False
+    needs_neighbours: ClassVar[bool] = False
     inputs: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, params: PCAParams, seed: int = 0):

@@ -251,11 +251,9 @@ class PretrainedScGPT:
     Params: ClassVar[type]
     trainable: ClassVar[bool]
     sections: ClassVar[frozenset[str]] = frozenset({"train"})
-    reconstructs: ClassVar[bool] = False
-    fine_tunable: ClassVar[bool] = False
     modality: ClassVar[str | None] = None
-    predicts_other: ClassVar[bool] = False
     uses_rna_only: ClassVar[bool] = False
+    needs_neighbours: ClassVar[bool] = False
     inputs: ClassVar[frozenset[str]] = frozenset()
     include_zeros: ClassVar[bool] = False  # a token for every matched gene, or for the expressed ones (embed_data)
 

@@ -52,7 +52,6 @@ class SCVI(ScviMethod):
     name: ClassVar[str] = "scvi"
     Params: ClassVar[type] = SCVIParams
     modality: ClassVar[str | None] = None
-    predicts_other: ClassVar[bool] = False
     uses_rna_only: ClassVar[bool] = False
     inputs: ClassVar[frozenset[str]] = frozenset({"counts"})
 

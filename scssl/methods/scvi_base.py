@@ -99,10 +99,8 @@ class ScviMethod:
     Params: ClassVar[type]
     trainable: ClassVar[bool] = True
     sections: ClassVar[frozenset[str]] = frozenset({"train"})
-    reconstructs: ClassVar[bool] = False
-    fine_tunable: ClassVar[bool] = False
-    predicts_other: ClassVar[bool] = True
     uses_rna_only: ClassVar[bool] = True
+    needs_neighbours: ClassVar[bool] = False
     inputs: ClassVar[frozenset[str]] = frozenset({"counts", "other_counts"})  # count likelihoods
     modality: ClassVar[str | None]
 

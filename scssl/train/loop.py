@@ -173,7 +173,7 @@ def fit(
     on_epoch: Callable | None = None,
 ):
     """``method`` fitted on ``cells``: a network trained by the loop (a ``TrainedNetwork``), or a method that
-    fits by itself. Either has ``embed(cells)``, and ``reconstruct(X, seed)`` if it ``reconstructs``;
+    fits by itself. Either has ``embed(cells)``, and ``reconstruct(X, seed)`` if the method ``Reconstructs``;
     ``on_epoch(model, report)`` sees the model with the same interface after each epoch."""
     cls = get_method(method)
     if not issubclass(cls, SSLMethod):

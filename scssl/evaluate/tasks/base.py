@@ -134,8 +134,9 @@ class HeadTask(Task):
 
     def serves(self, method: str) -> bool:
         from scssl.methods import get_method
+        from scssl.methods.base import carries_heads
 
-        return get_method(method).fine_tunable
+        return carries_heads(get_method(method))
 
     def pretrained(self, shared: SharedData, inputs: TaskInputs):
         """(the fitted method, its network, the network's device, every cell's batch code)."""

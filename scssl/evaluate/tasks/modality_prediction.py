@@ -39,7 +39,7 @@ class ModalityPrediction(Task):
     def run(self, shared, inputs):
         from scssl.evaluate.modality_prediction import knn_modality_prediction, modality_prediction_scores
         from scssl.evaluate.shared import fit_method, rna_only
-        from scssl.methods import get_method
+        from scssl.methods.base import PredictsOther
 
         ds = shared.dataset
         ref, query = ds.reference_index, ds.query_index
@@ -49,7 +49,7 @@ class ModalityPrediction(Task):
         predicted = knn_modality_prediction(embedding[ref], target[ref], embedding[query])
         truth = np.asarray(target[query].todense(), dtype=np.float32)
         metrics = modality_prediction_scores(truth, predicted, binary=binary)
-        if get_method(inputs.method).predicts_other:  # the model's own prediction from the query's RNA
+        if isinstance(model, PredictsOther):  # the model's own prediction from the query's RNA
             own = model.predict_other(rna_only(shared.cells(query)))
             scores = modality_prediction_scores(truth, own, binary=binary)
             metrics.update({f"model_{k}": v for k, v in scores.items()})

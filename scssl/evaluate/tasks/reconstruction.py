@@ -42,8 +42,9 @@ class Reconstruction(Task):
 
     def serves(self, method: str) -> bool:
         from scssl.methods import get_method
+        from scssl.methods.base import Reconstructs
 
-        return get_method(method).reconstructs
+        return issubclass(get_method(method), Reconstructs)
 
     def run(self, shared, inputs):
         from scssl.evaluate.reconstruction import mean_reconstruction, pca_reconstruction, reconstruction_scores
