@@ -86,3 +86,23 @@ def test_raw_counts_are_cut_only_for_a_method_that_reads_them(prepared):
     scvi = shared.training_data("reference", inputs=get_method("scvi").inputs)
     assert simclr.counts is None and shared.cells(prepared.reference_index, get_method("simclr").inputs).counts is None
     assert scvi.counts.shape == simclr.X.shape == (len(prepared.reference_index), prepared.X.shape[1])
+
+
+def test_the_epoch_loop_reports_each_epochs_mean_loss_counts_steps_and_stops_on_nan():
+    from scssl.train import Optimisation, run_epochs
+
+    weight = torch.nn.Parameter(torch.tensor(0.0))
+    seen, steps, reports = [], [], []
+
+    def loss(target):
+        value = (weight - target) ** 2
+        seen.append(float(value.detach()))
+        return value
+
+    run_epochs("toy", [weight], 3, lambda epoch: [1.0, 2.0], loss, Optimisation(lr=0.1, weight_decay=0.0),
+               after_step=steps.append, on_epoch=reports.append)
+    assert steps == [1, 2, 3, 4, 5, 6] and [r.epoch for r in reports] == [1, 2, 3]
+    assert [r.loss for r in reports] == pytest.approx([np.mean(seen[i:i + 2]) for i in (0, 2, 4)])
+    assert float(weight.detach()) > 0  # Adam moved it towards the targets
+    with pytest.raises(NonFiniteLossError, match="toy: loss is nan in epoch 1"):
+        run_epochs("toy", [weight], 2, lambda epoch: [float("nan")], loss, Optimisation(lr=0.1, weight_decay=0.0))

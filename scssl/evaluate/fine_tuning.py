@@ -18,6 +18,7 @@ from scssl.data import CellMatrix
 from scssl.evaluate.cell_typing import label_transfer_scores
 from scssl.evaluate.settings import FineTuneSettings
 from scssl.methods.domain_norm import domains, in_chunks
+from scssl.train.epochs import Optimisation, run_epochs
 
 
 def train_head(
@@ -27,7 +28,8 @@ def train_head(
     ref_codes: np.ndarray | None = None,
 ) -> torch.nn.Sequential:
     """A copy of ``encoder`` (cells -> ``embedding_dim``) with a linear head of ``n_outputs``, trained with AdamW
-    on ``loss(output, targets[batch])`` over shuffled mini-batches of the reference cells; in eval mode.
+    on ``loss(output, targets[batch])`` over shuffled mini-batches of the reference cells (the epoch loop of
+    ``scssl.train``); in eval mode.
     ``ref_codes``: the reference cells' batches, for an encoder with domain-specific BatchNorm.
 
     The caller's encoder is left untouched, so one pretrained encoder serves every seed and task. A last
@@ -39,23 +41,23 @@ def train_head(
     if freeze:
         network[0].requires_grad_(False)
     trained = [p for p in network.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trained, lr=settings.lr, weight_decay=settings.weight_decay)
     reference = CellMatrix(X_ref, device)
     codes = _codes(ref_codes, device)
     order = torch.Generator(device="cpu").manual_seed(seed)
     network.train()
     if freeze:
         network[0].eval()
-    for _ in range(settings.epochs):
+
+    def batches(epoch: int):
         permutation = torch.randperm(reference.n_cells, generator=order).to(device)
-        for batch in permutation.split(settings.batch_size):
-            if len(batch) < 2:
-                continue
-            with domains(network, None if codes is None else codes[batch]):
-                value = loss(network(reference.rows(batch)), targets[batch])
-            optimizer.zero_grad(set_to_none=True)
-            value.backward()
-            optimizer.step()
+        return [batch for batch in permutation.split(settings.batch_size) if len(batch) >= 2]
+
+    def batch_loss(batch: torch.Tensor) -> torch.Tensor:
+        with domains(network, None if codes is None else codes[batch]):
+            return loss(network(reference.rows(batch)), targets[batch])
+
+    run_epochs("fine-tuning head", trained, settings.epochs, batches, batch_loss,
+               Optimisation(settings.lr, settings.weight_decay, "adamw"))
     return network.eval()
 
 

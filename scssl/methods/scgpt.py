@@ -51,9 +51,7 @@ import importlib
 import importlib.util
 import io
 import json
-import math
 import sys
-import time
 import types
 import warnings
 from collections.abc import Callable, Iterator
@@ -389,7 +387,7 @@ class ScGPT(PretrainedScGPT):
     def fit(self, cells: Cells, train: TrainSettings, on_epoch: Callable | None = None) -> "ScGPT":
         """Fine-tune for ``train.epochs``, calling ``on_epoch(self, EpochReport)`` after each (the model in eval
         mode there)."""
-        from scssl.train.loop import EpochReport, NonFiniteLossError
+        from scssl.train.epochs import Optimisation, run_epochs
 
         if train.schedule == "step":
             raise ValueError(f"{self.name}: the learning rate decays by `lr_decay` after each epoch (scGPT's "
@@ -400,29 +398,23 @@ class ScGPT(PretrainedScGPT):
         labels = np.asarray([self.domains[int(code)] for code in codes])
         rng = np.random.default_rng(self.seed)
         binned, ids = self.binned(cells, rng)  # once, as the tutorial's preprocessing
-        optimizer = (torch.optim.AdamW if train.optimizer == "adamw" else torch.optim.Adam)(
-            self.model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=self.params.lr_decay)
-        for epoch in range(1, train.epochs + 1):
-            started = time.perf_counter()
-            self.model.train()
-            losses = []
-            for rows in batches_by_domain(labels, train.batch_size, rng):
-                genes, values = self.tokens(binned[rows], ids, rng)
-                loss = self.loss(genes, values, torch.as_tensor(labels[rows], device=self.device), rng)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(self.model.parameters(), train.grad_clip or 1.0)
-                optimizer.step()
-                losses.append(loss.detach())
-            mean_loss = float(torch.stack(losses).mean())
-            if not math.isfinite(mean_loss):
-                raise NonFiniteLossError(f"{self.name}: loss is {mean_loss} in epoch {epoch}")
-            scheduler.step()
-            self.model.eval()
-            if on_epoch is not None:
-                on_epoch(self, EpochReport(epoch, mean_loss, time.perf_counter() - started))
+
+        def loss(rows: np.ndarray) -> torch.Tensor:
+            genes, values = self.tokens(binned[rows], ids, rng)
+            return self.loss(genes, values, torch.as_tensor(labels[rows], device=self.device), rng)
+
+        optimisation = Optimisation(train.lr, train.weight_decay, train.optimizer, train.grad_clip or 1.0,
+                                    (1, self.params.lr_decay))
+        run_epochs(self.name, list(self.model.parameters()), train.epochs,
+                   lambda epoch: batches_by_domain(labels, train.batch_size, rng), loss, optimisation,
+                   before_epoch=lambda epoch: self.model.train(),
+                   on_epoch=lambda report: self._epoch_done(report, on_epoch))
         return self
+
+    def _epoch_done(self, report, on_epoch: Callable | None) -> None:
+        self.model.eval()
+        if on_epoch is not None:
+            on_epoch(self, report)
 
     def loss(self, genes: np.ndarray, values: np.ndarray, labels: torch.Tensor,
              rng: np.random.Generator) -> torch.Tensor:

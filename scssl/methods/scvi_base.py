@@ -173,7 +173,7 @@ class ScviMethod:
         model in eval mode (``_evaluating``)."""
         from lightning.pytorch import Callback
 
-        from scssl.train.loop import EpochReport
+        from scssl.train.epochs import EpochReport
 
         owner = self
 

@@ -1,4 +1,5 @@
-"""Train layer: one loop for every network method, and ``fit`` for any registered method.
+"""Train layer: one epoch loop for every network that trains (``run_epochs``), the SSL methods' training on
+it, and ``fit`` for any registered method.
 
 ``TrainSettings`` loads at once; the loop (torch) on first use.
 """
@@ -7,10 +8,11 @@ from scssl import lazy_exports
 from scssl.train.settings import TrainSettings
 
 __getattr__ = lazy_exports(__name__, {
-    "loop": ["EpochReport", "NonFiniteLossError", "TrainedNetwork", "embed", "fit", "resolve_device", "train"],
+    "epochs": ["EpochReport", "NonFiniteLossError", "Optimisation", "run_epochs"],
+    "loop": ["TrainedNetwork", "embed", "fit", "resolve_device", "train"],
 })
 
 __all__ = [
-    "EpochReport", "NonFiniteLossError", "TrainSettings", "TrainedNetwork", "embed", "fit", "resolve_device",
-    "train",
+    "EpochReport", "NonFiniteLossError", "Optimisation", "TrainSettings", "TrainedNetwork", "embed", "fit",
+    "resolve_device", "run_epochs", "train",
 ]

@@ -8,10 +8,7 @@ evaluate and report it to Tune); the loop knows nothing about Ray or MLflow.
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -22,18 +19,8 @@ from scssl.data import CellMatrix, Cells
 from scssl.methods import Batch, SSLMethod, TrainingContext, get_method
 from scssl.methods.base import Reconstruction
 from scssl.methods.domain_norm import configure_domains, domains, in_chunks, uses_domains
+from scssl.train.epochs import EpochReport, Optimisation, run_epochs
 from scssl.train.settings import TrainSettings
-
-
-@dataclass
-class EpochReport:
-    epoch: int  # 1-based: the number of epochs done
-    loss: float
-    seconds: float
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; training cannot go on."""
 
 
 def as_cells(data: Cells | np.ndarray | sp.spmatrix) -> Cells:
@@ -45,11 +32,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def _optimizer(model: SSLMethod, settings: TrainSettings) -> torch.optim.Optimizer:
-    kind = torch.optim.AdamW if settings.optimizer == "adamw" else torch.optim.Adam
-    return kind(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
 
 
 def _matrices(cls: type[SSLMethod], cells: Cells, device: torch.device) -> tuple[CellMatrix, CellMatrix | None]:
@@ -80,40 +62,34 @@ def train(
     if uses_domains(model):
         configure_domains(model, cells.batch_codes, device)
     order = torch.Generator(device="cpu").manual_seed(seed)
-    optimizer = _optimizer(model, settings)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 10, 0.1) if settings.schedule == "step" else None
-
     batch_size = min(settings.batch_size, rna.n_cells)
     n_batches = rna.n_cells // batch_size  # drop_last, as the study: no tiny last batch for BatchNorm
-    total_steps, step = settings.epochs * n_batches, 0
-    for epoch in range(1, settings.epochs + 1):
-        started = time.perf_counter()
-        model.train()
-        model.before_epoch(epoch)
+    total_steps = settings.epochs * n_batches
+
+    def batches(epoch: int):
         permutation = torch.randperm(rna.n_cells, generator=order).to(device)
-        total = torch.zeros((), device=device)
         for b in range(n_batches):
             idx = permutation[b * batch_size : (b + 1) * batch_size]
-            batch_codes = None if codes is None else codes[idx]
-            with domains(model, batch_codes):
-                loss = model.training_loss(Batch(rna.rows(idx), idx, batch_codes,
-                                                 None if other is None else other.rows(idx)))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if settings.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            optimizer.step()
-            step += 1
-            model.after_step(step, total_steps)
-            total += loss.detach()
-        mean_loss = float(total) / n_batches
-        if not math.isfinite(mean_loss):
-            raise NonFiniteLossError(f"{method_cls.name}: loss is {mean_loss} in epoch {epoch}")
-        if scheduler is not None:
-            scheduler.step()
+            yield Batch(rna.rows(idx), idx, None if codes is None else codes[idx],
+                        None if other is None else other.rows(idx))
+
+    def loss(batch: Batch) -> torch.Tensor:
+        with domains(model, batch.batch_codes):
+            return model.training_loss(batch)
+
+    def before_epoch(epoch: int) -> None:
+        model.train()
+        model.before_epoch(epoch)
+
+    def after_epoch(report: EpochReport) -> None:
         model.eval()
         if on_epoch is not None:
-            on_epoch(model, EpochReport(epoch, mean_loss, time.perf_counter() - started))
+            on_epoch(model, report)
+
+    optimisation = Optimisation(settings.lr, settings.weight_decay, settings.optimizer, settings.grad_clip,
+                                (10, 0.1) if settings.schedule == "step" else None)
+    run_epochs(method_cls.name, list(model.parameters()), settings.epochs, batches, loss, optimisation,
+               before_epoch, lambda step: model.after_step(step, total_steps), after_epoch)
     return model.eval()
 
 
