@@ -402,52 +402,48 @@ class NoParams:
     """No settings."""
 
 
-class UnavailableMethod:
-    """A method of the studies that cannot run here (its code does not install from PyPI): registered, so that
-    ``scssl methods`` lists it and an experiment naming it is a load error saying what it ``needs``, never a
-    stand-in embedding."""
+class FittedMethod:
+    """The base of a method that fits by itself, not by the shared loop (PCA; scVI, scANVI, totalVI and MultiVI by
+    scvi-tools; scGPT from a checkpoint), with the defaults of its declarations: ``fit`` then ``embed``, and
+    where it can, ``reconstruct`` (``Reconstructs``) or ``predict_other`` (``PredictsOther``).
 
-    kind: ClassVar[str] = "not installable here"
+    ``modality`` is the second modality it needs (None: any data); ``uses_rna_only``: it trains on mosaic data's
+    RNA-only cells too (their ``Cells.other_observed`` False); ``inputs``: what it reads besides the normalised
+    data (``scssl.data.prepare.INPUTS``: "counts", "other_counts"), which its results' identity covers.
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[str] = "fits by itself"
     Params: ClassVar[type] = NoParams
-    trainable: ClassVar[bool] = False
+    trainable: ClassVar[bool] = False  # trained in epochs, tuned over a search space
     sections: ClassVar[frozenset[str]] = frozenset()
     modality: ClassVar[str | None] = None
     uses_rna_only: ClassVar[bool] = False
     needs_neighbours: ClassVar[bool] = False
     inputs: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, params: Any = None, seed: int = 0):
+        self.params = params
+        self.seed = seed
+
+    def fit(self, cells: Cells, train: TrainSettings | None, on_epoch: Callable | None = None) -> FittedMethod:
+        """Fit on ``cells``; a method trained in epochs calls ``on_epoch(self, EpochReport)`` after each."""
+        raise NotImplementedError
+
+    def embed(self, cells: Cells) -> np.ndarray:
+        raise NotImplementedError
+
+
+class UnavailableMethod(FittedMethod):
+    """A method of the studies that cannot run here (its code does not install from PyPI): registered, so that
+    ``scssl methods`` lists it and an experiment naming it is a load error saying what it ``needs``, never a
+    stand-in embedding."""
+
+    kind: ClassVar[str] = "not installable here"
     needs: ClassVar[str]
 
     def __init__(self, params: Any = None, seed: int = 0):
         raise RuntimeError(self.needs)
-
-
-class FittedMethod(Protocol):
-    """A method that fits by itself, not by the shared loop (PCA; totalVI and MultiVI by scvi-tools).
-
-    ``modality`` is the second modality it needs (None: any data); ``uses_rna_only``: it
-    trains on mosaic data's RNA-only cells too (their ``Cells.other_observed`` False); ``inputs``: what it reads
-    besides the normalised data (``scssl.data.prepare.INPUTS``: "counts", "other_counts"), which its results'
-    identity covers.
-    """
-
-    name: ClassVar[str]
-    kind: ClassVar[str]
-    Params: ClassVar[type]
-    trainable: ClassVar[bool]
-    sections: ClassVar[frozenset[str]]
-    modality: ClassVar[str | None]
-    uses_rna_only: ClassVar[bool]
-    needs_neighbours: ClassVar[bool]
-    inputs: ClassVar[frozenset[str]]
-
-    def __init__(self, params: Any, seed: int = 0): ...
-
-    def fit(self, cells: Cells, train: TrainSettings | None, on_epoch: Callable | None = None) -> FittedMethod:
-        """Fit on ``cells``; a method trained in epochs calls ``on_epoch(self, EpochReport)`` after each."""
-
-    def embed(self, cells: Cells) -> np.ndarray: ...
-
-    # and, where it can: ``reconstruct`` (``Reconstructs``), ``predict_other`` (``PredictsOther``)
 
 
 @runtime_checkable

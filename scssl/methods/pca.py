@@ -8,7 +8,7 @@ import numpy as np
 from pydantic import Field
 from typing_extensions import Annotated
 
-from scssl.methods.base import Reconstruction
+from scssl.methods.base import FittedMethod, Reconstruction
 from scssl.settings import settings
 
 if TYPE_CHECKING:
@@ -24,22 +24,15 @@ class PCAParams:
     n_components: Annotated[int, Field(ge=1)] = 64
 
 
-class PCABaseline:
+class PCABaseline(FittedMethod):
     """Fits PCA on the training cells and projects any cells onto it (or back: its reconstruction)."""
 
     name: ClassVar[str] = "pca"
     kind: ClassVar[str] = "baseline, fits by itself"
     Params: ClassVar[type] = PCAParams
-    trainable: ClassVar[bool] = False
-    sections: ClassVar[frozenset[str]] = frozenset()
-    modality: ClassVar[str | None] = None
-    uses_rna_only: ClassVar[bool] = False
-    needs_neighbours: ClassVar[bool] = False
-    inputs: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, params: PCAParams, seed: int = 0):
-        self.params = params
-        self.seed = seed
+        super().__init__(params, seed)
         self._pca: PCA | None = None
 
     def fit(self, cells: Cells, train: TrainSettings | None = None, on_epoch=None) -> "PCABaseline":

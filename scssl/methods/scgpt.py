@@ -67,6 +67,7 @@ from torch import nn
 from torch.nn import functional as F
 from typing_extensions import Annotated
 
+from scssl.methods.base import FittedMethod
 from scssl.methods.losses import masked_mse
 from scssl.settings import settings
 
@@ -240,19 +241,11 @@ def batches_by_domain(domains: np.ndarray, batch_size: int, rng: np.random.Gener
         yield from (rows[start:start + batch_size] for start in range(0, len(rows), batch_size))
 
 
-class PretrainedScGPT:
+class PretrainedScGPT(FittedMethod):
     """An scGPT checkpoint that embeds cells (its <cls> output); fitting builds it and matches the genes. The base
     of both rows: ``include_zeros`` and ``cls_value`` say how a cell becomes tokens."""
 
-    name: ClassVar[str]
-    kind: ClassVar[str]
-    Params: ClassVar[type]
-    trainable: ClassVar[bool]
     sections: ClassVar[frozenset[str]] = frozenset({"train"})
-    modality: ClassVar[str | None] = None
-    uses_rna_only: ClassVar[bool] = False
-    needs_neighbours: ClassVar[bool] = False
-    inputs: ClassVar[frozenset[str]] = frozenset()
     include_zeros: ClassVar[bool] = False  # a token for every matched gene, or for the expressed ones (embed_data)
 
     def __init__(self, params, seed: int = 0):
@@ -261,8 +254,7 @@ class PretrainedScGPT:
                              f"folder ({', '.join(CHECKPOINT_FILES)}), e.g. the authors' scGPT_human; nothing is "
                              "downloaded")
         self.checkpoint = Checkpoint.read(params.checkpoint)
-        self.params = params
-        self.seed = seed
+        super().__init__(params, seed)
         self.model: nn.Module | None = None
         self.device = torch.device("cpu")
 

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from scssl.methods.base import FittedMethod
+
 if TYPE_CHECKING:
     import anndata as ad
 
@@ -89,24 +91,20 @@ def dense(matrix) -> np.ndarray:
     return np.asarray(matrix.todense() if hasattr(matrix, "todense") else matrix, dtype=np.float32)
 
 
-class ScviMethod:
+class ScviMethod(FittedMethod):
     """Base of the methods scvi-tools trains: ``_data`` builds its AnnData / MuData from ``Cells``,
     ``_model`` the model on it; ``fit`` trains on every given cell (no validation split, no early stopping,
     no learning-rate schedule: the caller holds out its own validation cells) and calls ``on_epoch`` after
     each epoch. The batch covariate is each cell's batch."""
 
     kind: ClassVar[str] = "generative model, trained by scvi-tools"
-    Params: ClassVar[type]
     trainable: ClassVar[bool] = True
     sections: ClassVar[frozenset[str]] = frozenset({"train"})
     uses_rna_only: ClassVar[bool] = True
-    needs_neighbours: ClassVar[bool] = False
     inputs: ClassVar[frozenset[str]] = frozenset({"counts", "other_counts"})  # count likelihoods
-    modality: ClassVar[str | None]
 
     def __init__(self, params, seed: int = 0):
-        self.params = params
-        self.seed = seed
+        super().__init__(params, seed)
         self.model = None
         self.train_settings: TrainSettings | None = None
         self.batches: list[str] = []  # the batches of the training cells
