@@ -49,12 +49,20 @@ def _dataset(method: str, task, data):
     return data["atac" if needs == "atac" else "protein"]
 
 
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="module")
-def worker():
-    """One spawned process for every method: batch correction runs scIB (JAX), which must not run in the test
-    process, and JAX compiles its functions once there."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield pool
+def scored(data, tmp_path_factory):
+    """Every method scored in two spawned processes of one thread each (the machine's two cores): batch correction
+    runs scIB (JAX), which must not run in the test process, and JAX compiles its functions once per process."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_one_thread) as pool:
+        yield {method: pool.submit(_score_every_task, method, data, folder) for method in RUNNABLE}
 
 
 _SHARED: dict = {}
@@ -70,7 +78,7 @@ def _score_every_task(method: str, data: dict, folder: Path) -> list[tuple[str, 
             sys.path.insert(0, str(Path(__file__).parent))
             from test_scgpt import write_checkpoint
 
-            checkpoint = folder / f"checkpoint_{dataset.id}"
+            checkpoint = folder / f"{method}_{dataset.id}"  # one per method: two processes write them
             if not checkpoint.exists():
                 write_checkpoint(checkpoint, [str(g) for g in dataset.genes])
             params["checkpoint"] = str(checkpoint)
@@ -86,9 +94,9 @@ def _score_every_task(method: str, data: dict, folder: Path) -> list[tuple[str, 
 
 
 @pytest.mark.parametrize("method", RUNNABLE)
-def test_every_method_is_scored_by_every_task_it_can_serve(method, data, worker, tmp_path):
-    scored = worker.submit(_score_every_task, method, data, tmp_path).result()
-    assert scored, f"{method} serves no task"
-    for task, cells, rows, metrics in scored:
+def test_every_method_is_scored_by_every_task_it_can_serve(method, scored):
+    tasks = scored[method].result()
+    assert tasks, f"{method} serves no task"
+    for task, cells, rows, metrics in tasks:
         assert rows == cells, (method, task)
         assert math.isfinite(metrics[TASKS[task].headline]), (method, task, metrics)

@@ -103,3 +103,15 @@ def test_an_objective_a_method_or_data_set_cannot_serve_is_an_error(tmp_path):
         load_experiment(experiment(tune={"objective": "reconstruction"}))
     with pytest.raises(ConfigError, match="multi_objective pairs cell-type accuracy"):
         parse(TuneSettings, {"objective": "modality_prediction", "multi_objective": True}, "t")
+
+
+def test_a_trial_cuts_the_reference_rows_once(monkeypatch, prepared):
+    """The cells it trains on and the cells it embeds each epoch are one cut of the reference rows."""
+    from scssl.data import PreparedDataset
+
+    shared = SharedData.build(prepared, TuneSettings(), with_graphs=False)
+    cut, cells = [], PreparedDataset.cells
+    monkeypatch.setattr(PreparedDataset, "cells",
+                        lambda self, rows=None, *args: cut.append(rows is not None) or cells(self, rows, *args))
+    reports, _ = _trial(monkeypatch, shared, "simclr", {"method": {"embedding_dim": 8}}, "cell_typing")
+    assert len(reports) == 2 and sum(cut) == 1

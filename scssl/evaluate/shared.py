@@ -97,6 +97,15 @@ class SharedData:
         return data.with_rna_only(extra.cells if rows is None else extra.cells.subset(~extra.is_query))
 
 
+    def trial_data(self, method: type) -> tuple[Cells, Cells]:
+        """A tuning trial's training cells (the reference, validation labels hidden; in a transfer the pretraining
+        cells) and the reference cells it embeds after each epoch, cut once where they are the same rows."""
+        data = self.training_data("reference", method.uses_rna_only, validating=True, inputs=method.inputs)
+        if self.pretrain is None and data.n_cells == len(self.dataset.reference_index):
+            return data, replace(data, graph=None, labels=None)
+        return data, self.cells(self.dataset.reference_index, method.inputs)
+
+
 @dataclass(frozen=True)
 class TaskInputs:
     """One task's run: the method and its resolved settings, the seed, threads, the task's own settings, and

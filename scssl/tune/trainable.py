@@ -47,9 +47,8 @@ def run_trial(
     method_cls = get_method(method)
     trial = trial_settings(method_cls, train_settings, augment, unwrap(config))
     task = TASKS[objective]
-    reference = shared.dataset.reference_index
-    cells = shared.cells(reference, method_cls.inputs)  # raw counts cut only for a method that reads them
-    labels = shared.dataset.label_codes[reference]
+    data, cells = shared.trial_data(method_cls)  # raw counts cut only for a method that reads them
+    labels = shared.dataset.label_codes[shared.dataset.reference_index]
     epochs_done = 0
 
     def report(model, epoch: EpochReport) -> None:
@@ -63,8 +62,6 @@ def run_trial(
         tune.report(metrics)
 
     try:
-        # the reference cells, or in a transfer the pretraining cells
-        data = shared.training_data("reference", method_cls.uses_rna_only, validating=True, inputs=method_cls.inputs)
         fit(method, trial.params, data, trial.train, trial.augment, seed, report)
     except RETRIABLE:
         raise
