@@ -24,7 +24,7 @@ class TuneSettings:
     (seeded), or ``grid`` (every combination of the search space's ``choice`` values, ``num_samples``
     times). ASHA stops the weak trials after ``grace_period`` epochs, keeping 1 / ``reduction_factor``
     at each rung.
-    The ``objective`` (a task that has one: ``Task.objectives``; each task's file says what it scores) is
+    The ``objective`` (a task that has one: ``Task.objective``; each task's file says what it scores) is
     scored after each epoch on a fixed ``validation_fraction`` of reference cells (at most
     ``validation_max_cells``), by the other reference cells. With ``multi_objective`` (the objective that
     maximises cell-type kNN accuracy) the search maximises that and batch mixing and the study reports the

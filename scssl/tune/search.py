@@ -260,8 +260,8 @@ def best_trials(tracker: Tracker, dataset: str, method: str, tune_settings: Tune
     best = {}
     for name in objectives(tune_settings):
         scored = [r for r in runs if name in r.data.metrics]
-        longest = max((_epochs(r) for r in scored), default=0)
         if scored:
+            longest = max(_epochs(r) for r in scored)
             best[name] = max((r for r in scored if _epochs(r) == longest), key=lambda r: r.data.metrics[name])
     return best
 

@@ -16,8 +16,9 @@ and scores this data set's, the floors still from this data set's reference. A t
 
 from __future__ import annotations
 
-from scssl.evaluate.tasks.base import BATCH_METRIC, METRIC, MIN_REFERENCE_CELLS, SCORE, Task, TaskTable, Validation
-from scssl.evaluate.tasks.base import batch_mixing, check_shared_types
+from scssl.evaluate.tasks.base import (
+    BATCH_METRIC, METRIC, MIN_REFERENCE_CELLS, SCORE, Task, TaskTable, Validation, batch_mixing, check_shared_types,
+)
 from scssl.evaluate.tasks.batch_correction import BatchCorrection
 from scssl.evaluate.tasks.cell_typing import CellTyping
 from scssl.evaluate.tasks.cross_modality_prediction import CrossModalityPrediction
@@ -30,16 +31,9 @@ TASKS: dict[str, Task] = {task.name: task for task in (  # in this order in the 
     CrossModalityPrediction(),
 )}
 # the tasks a search can maximise (``tune.objective``) -> the metric it maximises
-OBJECTIVES = {name: task.objectives[0] for name, task in TASKS.items() if task.objectives}
+OBJECTIVES = {name: task.objective for name, task in TASKS.items() if task.objective}
 DEFAULT_TASKS = ("batch_correction", "cell_typing")  # an experiment's, unless it names its own
 DEFAULT_OBJECTIVE = "cell_typing"  # the cheapest, and the one a multi-objective search pairs with batch mixing
-
-
-def get_task(name: str) -> Task:
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise KeyError(f"unknown task {name!r}; known tasks are {list(TASKS)}") from None
 
 
 def check_tasks(dataset, tasks: list[str], source: str, tunes: bool = False) -> None:
@@ -59,5 +53,5 @@ def check_tasks(dataset, tasks: list[str], source: str, tunes: bool = False) -> 
         check_shared_types(dataset, labelled, source)
 
 
-__all__ = ["BATCH_METRIC", "DEFAULT_OBJECTIVE", "DEFAULT_TASKS", "METRIC", "OBJECTIVES", "SCORE", "TASKS", "Task", "TaskTable", "Validation",
-           "batch_mixing", "check_tasks", "get_task"]
+__all__ = ["BATCH_METRIC", "DEFAULT_OBJECTIVE", "DEFAULT_TASKS", "METRIC", "OBJECTIVES", "SCORE", "TASKS", "Task",
+           "TaskTable", "Validation", "batch_mixing", "check_tasks"]

@@ -67,8 +67,8 @@ class Task:
     ``all`` cells; ``trains_head``: it trains a head with the experiment's ``fine_tuning`` settings;
     ``needs_modality``: it scores a second modality; ``scores_labels``: it scores the query's cell types;
     ``evaluation``: what its scores depend on besides the embedding (a change reruns its jobs);
-    ``objectives``: the metrics a trial reports when this task is the tuning objective, the first the one the
-    search maximises (empty: it cannot be one); ``min_cells``: the fewest cells it trains on (of ``trains_on``).
+    ``objective``: the metric the search maximises when this task is the tuning objective (None: it cannot be
+    one), reported with the others of ``validation_scores``; ``min_cells``: the fewest cells it trains on (of ``trains_on``).
     """
 
     name: ClassVar[str]
@@ -81,7 +81,7 @@ class Task:
     needs_modality: ClassVar[bool] = False
     scores_labels: ClassVar[bool] = False
     evaluation: ClassVar[dict[str, Any]] = {}
-    objectives: ClassVar[tuple[str, ...]] = ()
+    objective: ClassVar[str | None] = None
     min_cells: ClassVar[int] = MIN_REFERENCE_CELLS  # the fewest cells it trains on that give a meaningful score
 
     @property
@@ -98,7 +98,7 @@ class Task:
         raise NotImplementedError
 
     def validation_scores(self, validation: Validation) -> dict[str, float]:
-        """The ``objectives`` of a trial after an epoch, scored on the validation cells of the reference."""
+        """A trial's ``objective`` (and what goes with it) after an epoch, on the validation cells of the reference."""
         raise NotImplementedError(f"{self.name} is not a tuning objective")
 
     def check_objective(self, methods: list[str], datasets: list, source: str) -> None:

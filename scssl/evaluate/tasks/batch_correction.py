@@ -5,7 +5,7 @@ scIB's weights), not scIB itself, which costs minutes per embedding."""
 
 from __future__ import annotations
 
-from scssl.evaluate.tasks.base import BATCH_METRIC, METRIC, SCORE, Task, Validation, batch_mixing
+from scssl.evaluate.tasks.base import SCORE, Task, Validation, batch_mixing
 
 BIO_METRICS = ["isolated_labels", "leiden_nmi", "leiden_ari", "silhouette_label", "clisi"]
 BATCH_METRICS = ["silhouette_batch", "ilisi", "kbet", "graph_connectivity", "pcr_comparison"]
@@ -25,7 +25,7 @@ class BatchCorrection(Task):
     }
     trains_on = "all"
     evaluation = {"scib": BIO_METRICS + BATCH_METRICS}
-    objectives = (SCORE, METRIC, BATCH_METRIC)
+    objective = SCORE
     min_cells = 90  # scib-metrics scores each cell's 15, 50 and 90 nearest neighbours (itself included)
 
     def run(self, shared, inputs):

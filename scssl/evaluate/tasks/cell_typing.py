@@ -25,7 +25,7 @@ class CellTyping(Task):
         "embedding alone. Rank: by query macro-F1 (1 = best; tied rows share the better rank).", "macro_f1",
         "query_", (("macro_f1", "Query macro-F1"), ("accuracy", "Query accuracy"), ("rank", "Rank (macro-F1)")))
     scores_labels = True
-    objectives = (METRIC,)
+    objective = METRIC
 
     @property
     def evaluation(self):

@@ -34,7 +34,7 @@ class ModalityPrediction(Task):
         "modality_", (("pearson", "Modality prediction r"),))
     needs_modality = True
     evaluation = {"knn_k": 5, "metric": "cosine"}
-    objectives = (OBJECTIVE,)
+    objective = OBJECTIVE
 
     def run(self, shared, inputs):
         from scssl.evaluate.modality_prediction import knn_modality_prediction, modality_prediction_scores

@@ -38,7 +38,7 @@ class Reconstruction(Task):
         "embedding. Rank: by EV (all).", "explained_variance",
         "reconstruction_", (("masked_mse", "Reconstruction MSE (masked)"), ("mse", "Reconstruction MSE (all)")))
     evaluation = {"metrics": metrics, "masked": "hidden from the encoder"}
-    objectives = (OBJECTIVE,)
+    objective = OBJECTIVE
 
     def serves(self, method: str) -> bool:
         from scssl.methods import get_method
