@@ -19,7 +19,7 @@ from typing_extensions import Annotated
 from scssl.augment import AugmentationConfig
 from scssl.data import DatasetSpec, resolve
 from scssl.data.spec import DataError
-from scssl.evaluate.settings import FineTuneSettings
+from scssl.evaluate.settings import EvaluationSettings, FineTuneSettings
 from scssl.methods import METHODS
 from scssl.search_space import SearchSpace, load_search_space, parse_search_space
 from scssl.settings import SAFE_NAME, SAFE_NAME_TEXT, ConfigError, Name, parse, read_yaml, settings
@@ -38,6 +38,7 @@ class ExperimentConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
     augment: AugmentationConfig = field(default_factory=AugmentationConfig)
     fine_tuning: FineTuneSettings = field(default_factory=FineTuneSettings)
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     tune: TuneSettings = field(default_factory=TuneSettings)
     final: FinalSettings = field(default_factory=FinalSettings)
     search_spaces: str = "../search_spaces"
@@ -203,10 +204,13 @@ def _check_sections_used(raw: dict, config: ExperimentConfig, path: Path) -> Non
     if "augment" in raw and not any("augment" in METHODS[m].sections for m in config.methods):
         raise ConfigError(f"{path}: augment: none of the methods {config.methods} makes augmented views, so none "
                           "would use this block; remove it")
-    heads = [name for name, task in TASKS.items() if task.trains_head]
-    if "fine_tuning" in raw and not set(heads) & set(config.tasks):
-        raise ConfigError(f"{path}: fine_tuning: only the {' and '.join(heads)} tasks use it, and tasks are "
-                          f"{config.tasks}; add one or remove the block")
+    for section in ("fine_tuning", "evaluation"):
+        readers = [name for name, task in TASKS.items()
+                   if section in task.settings_key(FineTuneSettings(), EvaluationSettings())]
+        if section in raw and not set(readers) & set(config.tasks):
+            who = f"the {' and '.join(readers)} task" + (" uses" if len(readers) == 1 else "s use")
+            raise ConfigError(f"{path}: {section}: only {who} it, and tasks are {config.tasks}; add one or remove "
+                              "the block")
 
 
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")

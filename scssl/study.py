@@ -54,7 +54,10 @@ def run_study(experiment: Experiment, stages: tuple[str, ...] = STAGES, address:
             from scssl.report import build_report
             from scssl.tune.retrain import study_status
 
-            umap_seed = _first_seeds(experiment).get("batch_correction", 0)  # UMAPs show batch-correction models
+            from scssl.evaluate.tasks import TASKS
+
+            shown = [seed for task, seed in _first_seeds(experiment).items() if TASKS[task].shows_embedding]
+            umap_seed = shown[0] if shown else 0  # the first seed of the task whose embeddings the UMAPs show
             table = build_report(tracker, experiment.config.methods, {job.key for job in jobs},
                                  study_status(tracker, jobs, untuned), umap_seed, experiment.results_dir)
             print(f"\n{table}", flush=True)

@@ -3,7 +3,8 @@
 Every index in a graph is a row of the matrix it was built from, so an augmentation's partner is
 a true neighbour (scSSL-Bench's code used the position in a neighbour list as a row index, so its
 "neighbour" was one of the first k cells of the data set). Neighbours are exact Euclidean ones in a
-50-component PCA (scikit-learn); mutual nearest neighbours are found on L2-normalised components.
+50-component PCA (``scssl.neighbours``, the search behind every graph of scssl); mutual nearest neighbours
+are found on L2-normalised components.
 scSSL-Bench used Annoy (Manhattan) for within-batch kNN, bbknn's graph, and Seurat-style CCA anchors
 for MNN; these are close, not identical, choices.
 """
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+
+from scssl.neighbours import nearest
 
 MAX_KNN = 20
 MAX_MNN = 10
@@ -59,9 +62,7 @@ def build_neighbour_graph(
 def _knn_rows(reference: np.ndarray, queries: np.ndarray, reference_rows: np.ndarray, k: int) -> np.ndarray:
     """For every query, the data-set rows of its k nearest reference cells, itself excluded; when the
     batch has fewer than k other cells, its cells repeat to fill k columns (a one-cell batch: itself)."""
-    from sklearn.neighbors import NearestNeighbors
-
-    _, idx = NearestNeighbors(n_neighbors=min(k + 1, len(reference))).fit(reference).kneighbors(queries)
+    _, idx = nearest(reference, queries, k + 1)
     rows = reference_rows[idx]
     is_self = rows == np.arange(len(queries))[:, None]
     rows = np.take_along_axis(rows, np.argsort(is_self, axis=1, kind="stable"), axis=1)  # self moved last
@@ -71,10 +72,8 @@ def _knn_rows(reference: np.ndarray, queries: np.ndarray, reference_rows: np.nda
 
 def _mutual_pairs(unit: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarray, k: int, n: int) -> sp.csr_matrix:
     """An n x n matrix with a 1 at (i, j) for each mutual nearest neighbour pair, i in a and j in b."""
-    from sklearn.neighbors import NearestNeighbors
-
     def knn_matrix(src: np.ndarray, dst: np.ndarray) -> sp.csr_matrix:
-        idx = NearestNeighbors(n_neighbors=min(k, len(dst))).fit(unit[dst]).kneighbors(unit[src])[1]
+        idx = nearest(unit[dst], unit[src], k)[1]
         return sp.csr_matrix((np.ones(idx.size, dtype=np.int8), (np.repeat(src, idx.shape[1]), dst[idx].ravel())),
                              shape=(n, n))
     return knn_matrix(rows_a, rows_b).multiply(knn_matrix(rows_b, rows_a).T).tocsr()

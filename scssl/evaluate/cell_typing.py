@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
-from sklearn.neighbors import KNeighborsClassifier
+
+from scssl.neighbours import majority_vote, nearest
 
 K_NEIGHBORS = 11
 
 
 def knn_predict(ref_emb: np.ndarray, ref_labels: np.ndarray, query_emb: np.ndarray, k: int = K_NEIGHBORS):
-    classifier = KNeighborsClassifier(n_neighbors=min(k, len(ref_emb)))
-    return classifier.fit(ref_emb, ref_labels).predict(query_emb)
+    """Each query cell's majority label among its ``k`` nearest reference cells (Euclidean, uniform votes)."""
+    return majority_vote(ref_labels, nearest(ref_emb, query_emb, k)[1])
 
 
 def knn_cell_typing(

@@ -17,7 +17,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from scssl.data import CellMatrix
 from scssl.evaluate.cell_typing import label_transfer_scores
 from scssl.evaluate.settings import FineTuneSettings
-from scssl.methods.domain_norm import domains, in_chunks
+from scssl.methods.domain_norm import codes_on, domains, in_chunks
 from scssl.train.epochs import Optimisation, run_epochs
 
 
@@ -42,7 +42,7 @@ def train_head(
         network[0].requires_grad_(False)
     trained = [p for p in network.parameters() if p.requires_grad]
     reference = CellMatrix(X_ref, device)
-    codes = _codes(ref_codes, device)
+    codes = codes_on(ref_codes, device)
     order = torch.Generator(device="cpu").manual_seed(seed)
     network.train()
     if freeze:
@@ -67,13 +67,9 @@ def predict(network: torch.nn.Module, X: np.ndarray | sp.spmatrix, codes: np.nda
     """The network's output for every cell of ``X``, in chunks; domain norms as ``in_chunks`` says (batches of
     ``codes`` the encoder did not train on: by their statistics over all of ``X``, never a chunk's)."""
     cells = CellMatrix(X, device)
-    parts = in_chunks(network, lambda rows: network(cells.rows(rows)), cells.n_cells, _codes(codes, device),
+    parts = in_chunks(network, lambda rows: network(cells.rows(rows)), cells.n_cells, codes_on(codes, device),
                       batch_size, torch.device(device))
     return torch.cat([part.cpu() for part in parts])
-
-
-def _codes(codes: np.ndarray | None, device) -> torch.Tensor | None:
-    return None if codes is None else torch.as_tensor(np.asarray(codes, dtype=np.int64), device=device)
 
 
 def fine_tune(

@@ -8,7 +8,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
-from sklearn.neighbors import NearestNeighbors
+
+from scssl.neighbours import nearest
 
 K_MODALITY = 5
 
@@ -21,11 +22,10 @@ def knn_modality_prediction(
     if len(ref_embedding) != ref_other.shape[0]:
         raise ValueError(f"{len(ref_embedding)} reference embeddings but {ref_other.shape[0]} rows of ref_other")
     k = min(k, len(ref_embedding))
-    neighbours = NearestNeighbors(n_neighbors=k, metric="cosine").fit(ref_embedding)
-    nearest = neighbours.kneighbors(query_embedding, return_distance=False)
+    rows = nearest(ref_embedding, query_embedding, k, metric="cosine")[1]
     # a (query x reference) matrix of 1/k at each query cell's neighbours: one product averages dense or sparse rows
-    averaging = sp.csr_matrix((np.full(nearest.size, 1 / k), nearest.ravel(), np.arange(0, nearest.size + 1, k)),
-                              shape=(len(nearest), len(ref_embedding)))
+    averaging = sp.csr_matrix((np.full(rows.size, 1 / k), rows.ravel(), np.arange(0, rows.size + 1, k)),
+                              shape=(len(rows), len(ref_embedding)))
     predicted = averaging @ ref_other
     return np.asarray(predicted.toarray() if sp.issparse(predicted) else predicted, dtype=np.float32)
 

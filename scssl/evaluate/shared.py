@@ -13,7 +13,7 @@ from scssl.augment import NeighbourGraph, build_neighbour_graph
 from scssl.data import Cells, PreparedDataset
 from scssl.data.prepare import INPUTS
 from scssl.evaluate.cell_typing import validation_split
-from scssl.evaluate.settings import FineTuneSettings
+from scssl.evaluate.settings import EvaluationSettings, FineTuneSettings
 from scssl.methods import PCABaseline, get_method
 from scssl.search_space import TrialSettings
 from scssl.stages import TuneSettings
@@ -108,7 +108,7 @@ class SharedData:
 
 @dataclass(frozen=True)
 class TaskInputs:
-    """One task's run: the method and its resolved settings, the seed, threads, the task's own settings, and
+    """One task's run: the method and its resolved settings, the seed, threads, the tasks' settings, and
     the seconds spent training (the rest of a task's time is evaluation)."""
 
     method: str
@@ -116,6 +116,7 @@ class TaskInputs:
     seed: int
     threads: int
     fine_tuning: FineTuneSettings
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     timings: dict[str, float] = field(default_factory=lambda: {"train_seconds": 0.0})
 
 

@@ -23,7 +23,7 @@ This is the authors' TensorFlow code (melobio/Concerto-reproducibility: ``multi_
   a token comes from (it sees a histogram of binned values). Values past the last bin take the last token
   (scSSL-Bench's raise an index error). Only the tokens: scSSL-Bench also embeds before the teacher's head, has
   lightly's SimCLR heads in place of the final Linear -> ReLU, and trains on augmented views when augmentations
-  are set. On the built-in BMMC data these tokens barely learn (tests/test_concerto.py shows the blindness).
+  are set. On the built-in BMMC data these tokens barely learn (tests/methods/test_concerto.py shows the blindness).
 """
 
 from __future__ import annotations

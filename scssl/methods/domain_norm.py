@@ -118,6 +118,11 @@ def adapting(model: nn.Module):
             module._sums = None
 
 
+def codes_on(codes: np.ndarray | None, device: torch.device | str) -> torch.Tensor | None:
+    """Batch codes as the int64 tensor on ``device`` that ``domains`` and ``in_chunks`` take (None stays None)."""
+    return None if codes is None else torch.as_tensor(np.asarray(codes, dtype=np.int64), device=device)
+
+
 def unseen(model: nn.Module, codes: torch.Tensor | None) -> bool:
     """Whether any row of ``codes`` (None: rows without a batch) is of a batch ``model`` did not train on."""
     modules = _modules(model)

@@ -9,8 +9,7 @@ __getattr__ = lazy_exports(__name__, {
     "build": ["build_report"],
     "embeddings": ["write_embeddings"],
     "runs": ["log_cell_metadata"],
-    "tables": ["benchmark_tables", "collect", "relative_to_cohort", "summarize"],
+    "tables": ["benchmark_tables", "collect", "summarize"],
 })
 
-__all__ = ["benchmark_tables", "build_report", "collect", "log_cell_metadata", "relative_to_cohort", "summarize",
-           "write_embeddings"]
+__all__ = ["benchmark_tables", "build_report", "collect", "log_cell_metadata", "summarize", "write_embeddings"]

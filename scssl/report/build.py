@@ -12,6 +12,7 @@ import pandas as pd
 from scssl.report.figures import results_table_figure, umap_figure
 from scssl.report.html import ReportFigure, write_html
 from scssl.report.runs import cell_metadata, embeddings, log_report, remove_logged, scib_made_with
+from scssl.evaluate.tasks import TASKS
 from scssl.report.tables import Table, benchmark_tables, collect, label, shown
 from scssl.report.tuning import latest_search, tuning_figures, tuning_study
 from scssl.report.formats import markdown
@@ -21,7 +22,6 @@ from scssl.tune.trainable import BATCH_METRIC, METRIC
 
 
 MANIFEST = ".report_files"  # in the results folder: what the last report wrote there, replaced by the next
-SCIB_TABLES = ("batch_correction", "batch_correction_relative", "summary")  # the tables that show scIB numbers
 
 
 def build_report(tracker: Tracker, methods: list[str], current: set[str], status: list[str], umap_seed: int,
@@ -29,18 +29,20 @@ def build_report(tracker: Tracker, methods: list[str], current: set[str], status
     """Write every table (CSV, Markdown, LaTeX), figure (PNG) and ``report.html`` under ``results_dir``, log
     them to the report run, and return the summary's Markdown (with ``status`` below it). Only the retrain runs
     of ``current`` job keys count (the study as it is now); ``status`` lists what is missing or out of date, and
-    the page shows it. Rows follow ``methods``; UMAPs show the batch-correction embeddings of ``umap_seed``. The
-    previous report's files are removed first, so none outlives the runs it came from; the tables come out byte
-    for byte the same whenever the runs are the same."""
+    the page shows it. Rows follow ``methods``; UMAPs show the ``umap_seed`` embeddings of the task that shows them
+    (``Task.shows_embedding``). The previous report's files are removed first, so none outlives the runs it came
+    from; the tables come out byte for byte the same whenever the runs are the same."""
     for line in status:
         print(f"[report] not shown: {line}", flush=True)
     _remove_previous(tracker, results_dir)
     long = collect(tracker, current)
     tables = benchmark_tables(long, methods)
-    made_with = scib_made_with(tracker, current)
-    if made_with:
+    scib_tasks = [name for name, task in TASKS.items() if task.scib]
+    made_with = scib_made_with(tracker, current, scib_tasks)
+    if made_with:  # on the tables of scIB numbers: the tasks' own and the summary
         print(f"[report] {made_with}", flush=True)
-        tables = [replace(t, note=f"{t.note} {made_with}") if t.name in SCIB_TABLES else t for t in tables]
+        tables = [replace(t, note=f"{t.note} {made_with}") if not t.task or TASKS[t.task].scib else t
+                  for t in tables]
     study = tracker.client.get_experiment(tracker.experiment_id).name
     results_dir.mkdir(parents=True, exist_ok=True)
     if not tables:
@@ -87,15 +89,22 @@ def _remove_previous(tracker: Tracker, results_dir: Path) -> None:
 
 def _dataset_figures(tracker: Tracker, tables: list[Table], dataset: str, methods: list[str], seed: int,
                      current: set[str], folder: Path) -> list[ReportFigure]:
-    """The results table, a UMAP per row and the Optuna figures of each tuned method of one data set."""
+    """The tables' figures, a UMAP per row of each task that shows its embeddings and the Optuna figures of each
+    tuned method of one data set."""
     section = f"Figures: {dataset}"
     figures = []
-    relative = next((t.numbers for t in tables if t.name == "batch_correction_relative"), None)
-    if relative is not None and dataset in relative.index.unique("dataset"):
-        part = relative.xs(dataset, level="dataset")
-        path = results_table_figure(part, [label(*r) for r in part.index], folder / f"scib_table_{_safe(dataset)}.png")
-        figures.append(ReportFigure(section, "scIB metrics relative to the cohort, means over seeds", path))
-        figures += _umaps(tracker, part.index, dataset, seed, current, folder, section)
+    for table in tables:
+        if table.spec is None or table.spec.figure is None or dataset not in table.numbers.index.unique("dataset"):
+            continue
+        rows = table.numbers.xs(dataset, level="dataset").index
+        path = results_table_figure(table, dataset, [label(*r) for r in rows], TASKS[table.task].headers,
+                                    folder / f"{table.spec.figure.stem}_{_safe(dataset)}.png")
+        figures.append(ReportFigure(section, table.spec.figure.caption, path))
+    for name, task in TASKS.items():
+        own = [t for t in tables if t.task == name and dataset in t.numbers.index.unique("dataset")]
+        if task.shows_embedding and own:
+            rows = own[0].numbers.xs(dataset, level="dataset").index
+            figures += _umaps(tracker, name, rows, dataset, seed, current, folder, section)
     for method in methods:
         study = tuning_study(tracker, dataset, method)
         if study is None:
@@ -108,25 +117,27 @@ def _dataset_figures(tracker: Tracker, tables: list[Table], dataset: str, method
     return figures
 
 
-def _umaps(tracker: Tracker, rows: pd.MultiIndex, dataset: str, seed: int, current: set[str], folder: Path,
-           section: str) -> list[ReportFigure]:
-    """A UMAP of each (method, variant) in ``rows`` from the embeddings and cell metadata in MLflow."""
+def _umaps(tracker: Tracker, task: str, rows: pd.MultiIndex, dataset: str, seed: int, current: set[str],
+           folder: Path, section: str) -> list[ReportFigure]:
+    """A UMAP of ``task``'s embedding of each (method, variant) in ``rows`` that has one, from the embeddings and
+    cell metadata in MLflow."""
     cells = cell_metadata(tracker, dataset)
     if cells is None:
         print(f"[report] {dataset}: no cell metadata in MLflow (see log_cell_metadata), so no UMAPs", flush=True)
         return []
-    found = embeddings(tracker, dataset, "batch_correction", seed, current)
+    found = embeddings(tracker, dataset, task, seed, current)
+    what = task.replace("_", "-")
     figures = []
     for method, variant in rows:
         name = label(method, variant)
         embedding = found.get((method, variant))
         if embedding is None or len(embedding) != len(cells):
-            print(f"[report] {dataset}/{name}: no batch-correction embedding of all {len(cells)} cells "
+            print(f"[report] {dataset}/{name}: no {what} embedding of all {len(cells)} cells "
                   f"for seed {seed} in MLflow, so no UMAP", flush=True)
             continue
         stem = "__".join(_safe(part) for part in (dataset, method, variant) if part)
         path = umap_figure(embedding, cells, f"{dataset} / {name}", folder / f"umap_{stem}.png")
-        figures.append(ReportFigure(section, f"{name}: UMAP of the batch-correction embedding, seed {seed}", path))
+        figures.append(ReportFigure(section, f"{name}: UMAP of the {what} embedding, seed {seed}", path))
     return figures
 
 

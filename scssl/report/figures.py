@@ -1,4 +1,5 @@
-"""The report's figures as PNG files: scib-metrics' results table and a UMAP per method."""
+"""The report's figures as PNG files: a task table drawn as scib-metrics draws its results table, and a UMAP per
+method."""
 
 from __future__ import annotations
 
@@ -14,35 +15,37 @@ from plottable import ColumnDefinition, Table
 from plottable.cmap import normed_cmap
 from plottable.plots import bar
 
-from scssl.evaluate import AGGREGATES, BATCH_METRICS, BIO_METRICS, exact_neighbors
-from scssl.report.tables import SCIB_HEADERS
+from scssl.evaluate import exact_neighbors
+from scssl.report.tables import Table as ReportTable
 
 MAX_UMAP_CELLS = 20_000  # beyond this a fixed random subset of cells is drawn
-_GROUPS = {**dict.fromkeys(BIO_METRICS, "Bio conservation"), **dict.fromkeys(BATCH_METRICS, "Batch correction"),
-           **dict.fromkeys(AGGREGATES, "Aggregate score")}
 
 
-def results_table_figure(relative: pd.DataFrame, labels: list[str], out: Path) -> Path:
-    """scib-metrics' results table (``Benchmarker.plot_results_table(min_max_scale=True)``) of one data set:
-    circles for the scaled metrics, bars for Bio, Batch and Total relative to the cohort, best Total first.
+def results_table_figure(table: ReportTable, dataset: str, labels: list[str], headers: dict[str, str],
+                         out: Path) -> Path:
+    """One data set's rows of ``table`` (named by ``labels``) as scib-metrics draws its results table
+    (``Benchmarker.plot_results_table``): the groups of columns of the table's figure, circles for metrics, bars for
+    its ``bars``, the best row (by the table's rank) first.
 
     Drawn with plottable the way scib-metrics draws it, because a Benchmarker plots only results it computed
-    itself; here the values are means over seeds of the stored scores. ``relative``: one data set's rows of
-    the relative table, named by ``labels``.
+    itself; here the values are means over seeds of the stored scores.
     """
-    metrics = [m for m in BIO_METRICS + BATCH_METRICS + AGGREGATES if f"{m}_mean" in relative]
-    frame = pd.DataFrame({SCIB_HEADERS[m]: relative[f"{m}_mean"].to_numpy(float) for m in metrics}, index=labels)
-    frame = frame.sort_values(SCIB_HEADERS["total"], ascending=False, kind="stable")
+    numbers, spec = table.numbers.xs(dataset, level="dataset"), table.spec
+    groups = {m: title for title, metrics in spec.figure.groups for m in metrics if f"{m}_mean" in numbers}
+    metrics, bars = list(groups), spec.figure.bars
+    frame = pd.DataFrame({headers[m]: numbers[f"{m}_mean"].to_numpy(float) for m in metrics}, index=labels)
+    if spec.rank_by is not None:
+        frame = frame.sort_values(headers[spec.rank_by], ascending=False, kind="stable")
     frame.insert(0, "Method", frame.index)
     columns = [ColumnDefinition("Method", width=1.5, textprops={"ha": "left", "weight": "bold"})]
     for m in metrics:
-        header, group = SCIB_HEADERS[m], _GROUPS[m]
-        if m in AGGREGATES:
+        header, group = headers[m], groups[m]
+        if m in bars:
             columns.append(ColumnDefinition(
                 header, width=1, title=header.replace(" ", "\n", 1), plot_fn=bar, group=group,
                 plot_kw={"cmap": mpl.cm.YlGnBu, "plot_bg_bar": False, "annotate": True, "height": 0.9,
                          "formatter": "{:.2f}"},
-                border="left" if m == AGGREGATES[0] else None))
+                border="left" if m == bars[0] else None))
         else:
             columns.append(ColumnDefinition(
                 header, width=1, title=header.replace(" ", "\n", 1), group=group, formatter="{:.2f}",

@@ -67,11 +67,11 @@ def embeddings(tracker: Tracker, dataset: str, task: str, seed: int,
     return out
 
 
-def scib_made_with(tracker: Tracker, current: set[str]) -> str:
-    """Which scib-metrics release and metric set made the scIB numbers of the study as it is now (each run records
-    its own), as a sentence; "" without such runs."""
+def scib_made_with(tracker: Tracker, current: set[str], tasks: list[str]) -> str:
+    """Which scib-metrics release and metric set made the scIB numbers (of ``tasks``) of the study as it is now
+    (each run records its own), as a sentence; "" without such runs."""
     sets = Counter(r.data.tags.get(SCIB_METRIC_SET, "a set not recorded (a run of an scssl before scib-metrics 0.6)")
-                   for r in tracker.runs(stage="retrain", task="batch_correction")
+                   for task in tasks for r in tracker.runs(stage="retrain", task=task)
                    if Tracker.finished(r) and r.data.tags.get(JOB_KEY) in current)
     if len(sets) <= 1:
         return "".join(f"scIB numbers made with {made_with}." for made_with in sets)

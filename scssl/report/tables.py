@@ -1,5 +1,5 @@
-"""Benchmark tables from the retrain runs in MLflow: one row per data set, method and variant, each metric
-mean +- std over seeds, raw and relative to the cohort of compared rows (the paper's min-max scaling)."""
+"""Benchmark tables from the retrain runs in MLflow, as each task declares them (``Task.tables``): one row per
+data set, method and variant, each metric mean +- std over seeds; then the summary of their headline columns."""
 
 from __future__ import annotations
 
@@ -9,28 +9,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from scssl.evaluate import AGGREGATES, BATCH_METRICS, BIO_METRICS, aggregate
-from scssl.evaluate.tasks import TASKS
+from scssl.evaluate.tasks import TASKS, TaskTable
 from scssl.report.formats import cell, latex, markdown
 from scssl.tune.tracking import DATASET, JOB_KEY, METHOD, SEED, TASK, VARIANT, Tracker
 
 ROW = ["dataset", "method", "variant"]
 LONG = ROW + ["task", "seed", "metric", "value"]
 STATS = ("mean", "std", "count")
-TASK_METRICS = {task: spec.metrics for task, spec in TASKS.items()}
-SCIB_HEADERS = TASKS["batch_correction"].headers
-# The summary's columns: (table, prefix of its columns in the summary, metric or rank, header).
-HEADLINE = [("batch_correction", "", m, SCIB_HEADERS[m]) for m in AGGREGATES]
-HEADLINE += [("batch_correction_relative", "relative_", m, f"{SCIB_HEADERS[m]} rel.") for m in AGGREGATES]
-HEADLINE += [("batch_correction_relative", "relative_", "rank", "Rank (Total rel.)")]
-HEADLINE += [(name, task.table.prefix, metric, header) for name, task in TASKS.items() if task.table is not None
-             for metric, header in task.table.summary]
-RELATIVE_NOTE = (
-    "Relative to the cohort: per data set and seed, each scIB metric is min-max scaled across the rows of this "
-    "table (a metric equal in every row scales to 0), then Bio and Batch are the means of the scaled bio and "
-    "batch metrics and Total = 0.6 Bio + 0.4 Batch; mean ± std over seeds. Adding or removing a row changes "
-    "every number. Rank: by Total (1 = best; tied rows share the better rank)."
-)
 
 
 @dataclass(frozen=True)
@@ -43,6 +28,8 @@ class Table:
     note: str
     numbers: pd.DataFrame
     columns: list[tuple[str, str]]
+    task: str = ""  # the task whose table it is ("": the summary)
+    spec: TaskTable | None = None  # that table as the task declares it
 
     def text(self) -> pd.DataFrame:
         """The shown columns as ``mean ± std`` strings, row labels as leading columns."""
@@ -85,35 +72,12 @@ def collect(tracker: Tracker, current: set[str]) -> pd.DataFrame:
     return frame[LONG].sort_values(LONG[:-1]).reset_index(drop=True)
 
 
-def relative_to_cohort(long: pd.DataFrame) -> pd.DataFrame:
-    """The scIB metrics of ``long`` min-max scaled across the rows of each data set and seed, with Bio, Batch
-    and Total recomputed from the scaled metrics; long format, task ``batch_correction``.
-
-    A metric equal in every row of a cohort scales to 0, as sklearn's MinMaxScaler (which scib-metrics uses)
-    does: it lowers every row's Bio or Batch by the same amount, so ranks are unchanged. Missing stays missing.
-    """
-    part = long[(long["task"] == "batch_correction") & long["metric"].isin(BIO_METRICS + BATCH_METRICS)]
-    if part.empty:
-        return pd.DataFrame(columns=LONG)
-    wide = part.set_index(["dataset", "seed", "method", "variant", "metric"])["value"].unstack("metric")
-    wide = wide.reindex(columns=BIO_METRICS + BATCH_METRICS)
-    cohort = wide.groupby(level=["dataset", "seed"])
-    low = cohort.transform("min")
-    span = cohort.transform("max") - low
-    scaled = ((wide - low) / span).mask((span == 0) & wide.notna(), 0.0)
-    scaled = scaled.join(scaled.apply(lambda row: pd.Series(aggregate(row)), axis=1))
-    out = scaled.rename_axis(columns="metric").stack(future_stack=True).rename("value").reset_index()
-    return out.assign(task="batch_correction")[LONG]
-
-
-def summarize(long: pd.DataFrame, task: str, methods: list[str]) -> pd.DataFrame:
-    """Mean, std and number of seeds of each metric of ``task`` as columns ``<metric>_<stat>``; rows by
-    data set, then in ``methods`` order (others after them), then variant."""
-    part = long[long["task"] == task]
-    stats = part.groupby(ROW + ["metric"])["value"].agg(list(STATS)).unstack("metric")
+def summarize(scores: pd.DataFrame, metrics: list[str], methods: list[str]) -> pd.DataFrame:
+    """Mean, std and number of seeds of each of ``metrics`` in ``scores`` (long) as columns ``<metric>_<stat>``;
+    rows by data set, then in ``methods`` order (others after them), then variant."""
+    stats = scores.groupby(ROW + ["metric"])["value"].agg(list(STATS)).unstack("metric")
     present = set(stats.columns.get_level_values("metric"))
-    metrics = [m for m in TASK_METRICS[task] if m in present]
-    flat = stats.swaplevel(axis=1)[[(m, s) for m in metrics for s in STATS]]
+    flat = stats.swaplevel(axis=1)[[(m, s) for m in metrics if m in present for s in STATS]]
     flat.columns = [f"{m}_{s}" for m, s in flat.columns]
     return _ordered(flat, methods)
 
@@ -127,26 +91,20 @@ def ranks(summary: pd.DataFrame, metric: str) -> pd.Series:
 
 
 def benchmark_tables(long: pd.DataFrame, methods: list[str]) -> list[Table]:
-    """Every table of the report (those of tasks without runs left out), the summary last."""
+    """Every table the tasks declare (those of tasks without runs left out), in registry order, the summary last."""
     tables = []
-    tasks = set(long["task"])
-    if "batch_correction" in tasks:
-        raw = summarize(long, "batch_correction", methods)
-        relative = summarize(relative_to_cohort(long), "batch_correction", methods)
-        relative.insert(0, "rank", ranks(relative, "total"))
-        tables += [
-            Table("batch_correction", "Batch correction, raw scIB metrics",
-                  "Mean ± std over seeds of scib-metrics' unscaled scores. Bio, Batch: means of the bio and batch "
-                  "metrics; Total = 0.6 Bio + 0.4 Batch.", raw, _headers(raw, SCIB_HEADERS)),
-            Table("batch_correction_relative", "Batch correction, relative to the cohort", RELATIVE_NOTE,
-                  relative, [("rank", "Rank")] + _headers(relative, SCIB_HEADERS)),
-        ]
     for name, task in TASKS.items():
-        if task.table is not None and name in tasks:
-            numbers = summarize(long, name, methods)
-            numbers.insert(0, "rank", ranks(numbers, task.table.rank_by))
-            tables.append(Table(name, task.table.title, task.table.note, numbers,
-                                [("rank", "Rank")] + _headers(numbers, task.headers)))
+        scores = long[long["task"] == name]
+        if scores.empty:
+            continue
+        for spec in task.tables:
+            numbers = summarize(spec.derive(scores) if spec.derive else scores, task.metrics, methods)
+            columns = _headers(numbers, task.headers)
+            if spec.rank_by is not None:
+                numbers.insert(0, "rank", ranks(numbers, spec.rank_by))
+                columns.insert(0, ("rank", "Rank"))
+            tables.append(Table(spec.name or name, spec.title, spec.note + task.table_note(scores), numbers, columns,
+                                name, spec))
     if tables:
         tables.append(_summary(tables, methods, long["seed"].nunique()))
     return tables
@@ -167,14 +125,15 @@ def shown(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _summary(tables: list[Table], methods: list[str], seeds: int) -> Table:
-    """The headline: unscaled and relative Bio / Batch / Total, query macro-F1 and accuracy, and both ranks."""
-    by_name = {t.name: t.numbers for t in tables}
+    """The headline: the columns each task's tables give the summary (unscaled and relative Bio / Batch / Total,
+    query macro-F1 and accuracy, the ranks, ...)."""
     parts, columns = [], []
-    for table, prefix, key, header in HEADLINE:
-        names = [key] if key == "rank" else [f"{key}_{s}" for s in STATS]
-        if table in by_name and names[0] in by_name[table]:
-            parts.append(by_name[table][names].add_prefix(prefix))
-            columns.append((prefix + key, header))
+    for table in tables:
+        for key, header in table.spec.summary:
+            names = [key] if key == "rank" else [f"{key}_{s}" for s in STATS]
+            if names[0] in table.numbers:
+                parts.append(table.numbers[names].add_prefix(table.spec.prefix))
+                columns.append((table.spec.prefix + key, header))
     note = (f"Mean ± std over {seeds} seed(s). Bio, Batch, Total: unscaled scIB aggregates "
             "(Total = 0.6 Bio + 0.4 Batch). rel.: relative to the cohort, each metric min-max scaled across the "
             "rows of this table per data set and seed (see the table relative to the cohort). Query metrics: kNN "

@@ -18,7 +18,7 @@ from scssl.augment import AugmentationConfig
 from scssl.data import CellMatrix, Cells
 from scssl.methods import Batch, SSLMethod, TrainingContext, get_method
 from scssl.methods.base import Reconstruction
-from scssl.methods.domain_norm import configure_domains, domains, in_chunks, uses_domains
+from scssl.methods.domain_norm import codes_on, configure_domains, domains, in_chunks, uses_domains
 from scssl.train.epochs import EpochReport, Optimisation, run_epochs
 from scssl.train.settings import TrainSettings
 
@@ -58,7 +58,7 @@ def train(
     model = method_cls(rna.n_genes, params, 0 if other is None else other.n_genes).to(device)
     model.setup(TrainingContext(rna.rows, cells.genes, cells.graph, augment, seed, device,
                                 None if other is None else other.rows))
-    codes = _codes(cells, device)
+    codes = codes_on(cells.batch_codes, device)
     if uses_domains(model):
         configure_domains(model, cells.batch_codes, device)
     order = torch.Generator(device="cpu").manual_seed(seed)
@@ -102,20 +102,13 @@ def embed(model: SSLMethod, data: Cells | np.ndarray | sp.spmatrix, batch_size: 
     model.eval()
     device = next(model.parameters()).device
     rna, other = _matrices(type(model), cells if model.n_other else Cells(cells.X), device)
-    codes = _codes(cells, device)
+    codes = codes_on(cells.batch_codes, device)
 
     parts = in_chunks(model, lambda idx: model.embed(rna.rows(idx), None if other is None else other.rows(idx)),
                       rna.n_cells, codes, batch_size, device)
     out = np.concatenate([part.cpu().numpy() for part in parts])
     model.train(was_training)
     return out
-
-
-def _codes(cells: Cells, device: torch.device) -> torch.Tensor | None:
-    """The cells' batch codes on ``device`` (None: the cells have none)."""
-    if cells.batch_codes is None:
-        return None
-    return torch.tensor(np.asarray(cells.batch_codes, dtype=np.int64), device=device)
 
 
 class TrainedNetwork:

@@ -1,7 +1,7 @@
 """The final stage: each method's chosen configurations retrained with several seeds and evaluated.
 
-``cell_typing`` trains on reference cells and classifies the query with kNN; ``batch_correction``
-trains on all cells and scores the embedding with scib-metrics (the study's protocol for each task).
+Each job runs one task of the registry (``TASKS``): it fits the method on the cells the task trains on and
+scores it by the task's protocol.
 Jobs run as Ray tasks next to the data in the object store, as many at once as the cluster fits; each
 is an MLflow run tagged ``stage=retrain``, opened when its job starts. A job is identified by a digest
 of everything that changes its result (``RetrainJob.key``), so a finished one is not run again and an
@@ -26,14 +26,13 @@ import ray
 import torch
 from mlflow.exceptions import MlflowException
 
-from scssl.evaluate.settings import FineTuneSettings
+from scssl.evaluate.settings import EvaluationSettings, FineTuneSettings
 from scssl.evaluate.shared import SharedData, TaskInputs
 from scssl.evaluate.tasks import TASKS
 from scssl.experiment import Experiment
 from scssl.interrupt import stop_reason
 from scssl.methods import get_method
 from scssl.search_space import TrialSettings, trial_settings
-from scssl.settings import as_dict
 from scssl.tune.search import best_trials, tune_key
 from scssl.tune.tracking import (
     CONFIG, DATASET, ERROR, JOB_KEY, METHOD, SEED, STAGE, SUPERSEDED, TASK, VARIANT, Tracker, digest,
@@ -56,15 +55,14 @@ class RetrainJob:
     trial: TrialSettings
     variant: str = ""
     fine_tuning: FineTuneSettings = FineTuneSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
 
     @cached_property
     def key(self) -> str:
         """Digest of everything that changes the result: data, method, task, seed, variant, every resolved
         setting of the sections the method reads (``train.device`` included) and the evaluation."""
         task = TASKS[self.task]
-        evaluation = task.evaluation
-        if task.trains_head:
-            evaluation = {**evaluation, "fine_tuning": as_dict(self.fine_tuning)}
+        evaluation = {**task.evaluation, **task.settings_key(self.fine_tuning, self.evaluation)}
         return digest({"data": self.fingerprint, "method": self.method, "task": self.task, "seed": self.seed,
                        "variant": self.variant, "settings": self.trial.as_dict(), "evaluation": evaluation})
 
@@ -93,7 +91,7 @@ def run_job(data, job: RetrainJob, threads: int):
     shared: SharedData = ray.get(data) if isinstance(data, ray.ObjectRef) else data
     torch.set_num_threads(threads)
     started = time.perf_counter()
-    inputs = TaskInputs(job.method, job.trial, job.seed, threads, job.fine_tuning)
+    inputs = TaskInputs(job.method, job.trial, job.seed, threads, job.fine_tuning, job.evaluation)
     metrics, embedding = TASKS[job.task].run(shared, inputs)
     seconds = time.perf_counter() - started
     timings = {**inputs.timings, "eval_seconds": seconds - inputs.timings["train_seconds"]}
@@ -143,7 +141,7 @@ def plan_jobs(experiment: Experiment, tracker: Tracker,
                 for task in [t for t in cfg.tasks if TASKS[t].serves(method)]:
                     for seed in cfg.final.seeds_for(task):
                         jobs.append(RetrainJob(spec.label, fingerprint, method, task, seed, config, trial, variant,
-                                               cfg.fine_tuning))
+                                               cfg.fine_tuning, cfg.evaluation))
     return list({job.key: job for job in jobs}.values()), untuned  # a grid may repeat a point
 
 

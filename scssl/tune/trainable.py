@@ -9,7 +9,9 @@ from ray import tune
 from scssl.augment import AugmentationConfig
 from scssl.evaluate import knn_accuracy
 from scssl.evaluate.shared import SharedData
-from scssl.evaluate.tasks import BATCH_METRIC, METRIC, OBJECTIVES, SCORE, TASKS, Validation, batch_mixing
+from scssl.evaluate.tasks import (
+    BATCH_METRIC, DEFAULT_OBJECTIVE, METRIC, OBJECTIVES, SCORE, TASKS, Validation, batch_mixing,
+)
 from scssl.methods import get_method
 from scssl.search_space import trial_settings
 from scssl.train import EpochReport, NonFiniteLossError, TrainSettings, fit
@@ -32,7 +34,7 @@ def run_trial(
     augment: AugmentationConfig,
     seed: int,
     threads: int,
-    objective: str = "cell_typing",
+    objective: str = DEFAULT_OBJECTIVE,
     multi_objective: bool = False,
 ) -> None:
     """Train ``config`` on the reference cells and ``tune.report`` loss and objectives after each epoch: the

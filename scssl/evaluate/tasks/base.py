@@ -10,12 +10,13 @@ not load torch, sklearn or scib-metrics.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
 
 if TYPE_CHECKING:
     from scssl.data import PreparedDataset
+    from scssl.evaluate.settings import EvaluationSettings, FineTuneSettings
     from scssl.evaluate.shared import SharedData, TaskInputs
 
 # What every trial reports, whatever its objective: the kNN accuracy (k = 11) of the validation cells' types;
@@ -33,15 +34,33 @@ MIN_REFERENCE_CELLS = 50
 
 
 @dataclass(frozen=True)
+class TableFigure:
+    """A figure of a task's table per data set (``<stem>_<data set>.png``), drawn as scib-metrics draws its results
+    table: columns in ``groups`` (title, metrics), metrics as coloured circles and those of ``bars`` as bars, the
+    best row first."""
+
+    caption: str
+    stem: str
+    groups: tuple[tuple[str, tuple[str, ...]], ...]
+    bars: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class TaskTable:
-    """A task's table in the report: its title and note, the metric its rank follows, and the columns it gives
-    the summary (metric or ``rank``, header), prefixed there by ``prefix``."""
+    """A task's table in the report: its title and note, the metric its rank follows (None: no rank), the columns
+    it gives the summary (metric or ``rank``, header), prefixed there by ``prefix``; ``name``: its files' name
+    (the task's unless given: a task with two tables); ``derive``: makes its numbers from the task's per-seed
+    scores (long format, as the report collects them) instead of showing them as they are; ``figure``: drawn per
+    data set."""
 
     title: str
     note: str
-    rank_by: str
+    rank_by: str | None
     prefix: str
     summary: tuple[tuple[str, str], ...] = ()
+    name: str = ""
+    derive: Callable[[Any], Any] | None = None
+    figure: TableFigure | None = None
 
 
 @dataclass
@@ -68,7 +87,10 @@ class Task:
     ``needs_modality``: it scores a second modality; ``scores_labels``: it scores the query's cell types;
     ``evaluation``: what its scores depend on besides the embedding (a change reruns its jobs);
     ``objective``: the metric the search maximises when this task is the tuning objective (None: it cannot be
-    one), reported with the others of ``validation_scores``; ``min_cells``: the fewest cells it trains on (of ``trains_on``).
+    one), reported with the others of ``validation_scores``; ``min_cells``: the fewest cells it trains on (of
+    ``trains_on``); ``table``: its table in the report (``tables`` when it has more than one); ``scib``: its scores
+    are scib-metrics' (the report names the release and metric set that made them); ``shows_embedding``: the
+    report draws a UMAP of each method's embedding of every cell (a task that trains on all cells).
     """
 
     name: ClassVar[str]
@@ -83,6 +105,18 @@ class Task:
     evaluation: ClassVar[dict[str, Any]] = {}
     objective: ClassVar[str | None] = None
     min_cells: ClassVar[int] = MIN_REFERENCE_CELLS  # the fewest cells it trains on that give a meaningful score
+    scib: ClassVar[bool] = False
+    shows_embedding: ClassVar[bool] = False
+
+    @property
+    def tables(self) -> tuple[TaskTable, ...]:
+        """Its tables in the report, in order."""
+        return () if self.table is None else (self.table,)
+
+    def table_note(self, scores) -> str:
+        """What its table's note adds for the scores shown (long format: dataset, method, variant, task, seed,
+        metric, value; every metric its runs logged); "" if nothing."""
+        return ""
 
     @property
     def scores_query(self) -> bool:
@@ -96,6 +130,10 @@ class Task:
     def run(self, shared: SharedData, inputs: TaskInputs) -> tuple[dict[str, float], np.ndarray]:
         """Fit the method on the cells it trains on; (its scores, its embedding of every cell)."""
         raise NotImplementedError
+
+    def settings_key(self, fine_tuning: FineTuneSettings, evaluation: EvaluationSettings) -> dict:
+        """The experiment's task settings (of ``TaskInputs``) that its scores depend on: a change reruns its jobs."""
+        return {}
 
     def validation_scores(self, validation: Validation) -> dict[str, float]:
         """A trial's ``objective`` (and what goes with it) after an epoch, on the validation cells of the reference."""
@@ -131,6 +169,11 @@ class HeadTask(Task):
 
     trains_head = True
     evaluation = {"domain_norms": "query batches adapted over all query cells"}
+
+    def settings_key(self, fine_tuning, evaluation) -> dict:
+        from scssl.settings import as_dict
+
+        return {"fine_tuning": as_dict(fine_tuning)}
 
     def serves(self, method: str) -> bool:
         from scssl.methods import get_method

@@ -8,7 +8,7 @@ from scssl.cli import main
 from scssl.settings import ConfigError
 from scssl.tune.cluster import check_cluster_config
 
-CLUSTER = Path(__file__).resolve().parent.parent / "cluster.yaml"
+CLUSTER = Path(__file__).resolve().parents[2] / "cluster.yaml"
 
 
 def test_shipped_cluster_config_validates_against_rays_schema(capsys):

@@ -44,6 +44,15 @@ def test_a_job_key_is_stable_and_changes_with_every_setting_of_the_result(small_
     assert len({job.key for job in seeds}) == 2
 
 
+def test_the_evaluation_settings_change_the_keys_of_the_task_that_reads_them_alone(small_experiment):
+    both = dict(tasks=["batch_correction", "cell_typing"])
+    base = {job.task: job.key for job in _jobs(small_experiment, **both)}
+    capped = {job.task: job.key for job in _jobs(small_experiment, evaluation={"scib_max_cells": 5000}, **both)}
+    assert capped["batch_correction"] != base["batch_correction"] and capped["cell_typing"] == base["cell_typing"]
+    with pytest.raises(ConfigError, match="evaluation: only the batch_correction task uses it"):
+        _jobs(small_experiment, evaluation={"scib_max_cells": 5000}, tasks=["cell_typing"])
+
+
 def test_a_baseline_key_ignores_training_settings(small_experiment):
     assert _key(small_experiment, methods=["pca"]) == _key(small_experiment, methods=["pca"], train={"epochs": 7})
 

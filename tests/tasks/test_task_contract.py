@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 CENTROID_TASK = '''"""Nearest-centroid cell typing: a toy task of the contract test."""
 

@@ -20,7 +20,7 @@ from scssl.settings import ConfigError
 from scssl.stages import TuneSettings
 from scssl.train import TrainSettings, train
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_masked_loss_by_hand():

@@ -9,7 +9,7 @@ from scssl.settings import ConfigError
 from scssl.search_space import Domain, config_key, load_search_space, trial_settings
 from scssl.tune.domains import param_space as tune_param_space
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _write(path: Path, data: dict) -> Path:

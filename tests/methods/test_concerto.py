@@ -10,7 +10,7 @@ from scssl.methods.concerto import Concerto, ConcertoParams
 from scssl.search_space import load_search_space
 from scssl.settings import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _dense_teacher(teacher, x):

@@ -155,7 +155,7 @@ def test_a_study_with_failures_lists_them_and_exits_1_without_retrying_what_woul
 
 def test_a_killed_drivers_ray_agents_are_watched_and_ended(tmp_path, small_experiment):
     """Ray's dashboard and runtime-env agents outlive a SIGKILLed driver by about a minute on their own;
-    the study's reaper (tests/test_reaper.py) watches them and ends them at once."""
+    the study's reaper (tests/tune/test_reaper.py) watches them and ends them at once."""
     import psutil
 
     experiment = small_experiment("orphans", train={"epochs": 60, "batch_size": 64},

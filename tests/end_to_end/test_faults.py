@@ -147,20 +147,27 @@ def server(tmp_path):
 # The tracking store goes away
 
 
-@pytest.mark.slow
-def test_a_server_killed_mid_tune_stops_the_study_and_a_rerun_finishes_it(server, small_experiment):
-    experiment = small_experiment("tune_outage", tracking_wait=10, train={"epochs": 150, "batch_size": 64},
-                                  tune={"num_samples": 1, "grace_period": 150})
-    driver = _scssl("run", experiment, "--tracking-uri", server.uri)
+def _kill_server_when(server, driver, condition, what: str):
+    """Kill the tracking server once ``condition`` holds, then wait for the driver: (exit code, stdout, stderr,
+    seconds from the kill to its end)."""
     try:
-        wait_for(lambda: _running(server.uri, "tune_outage", "tune"), "a trial in training")
+        wait_for(condition, what)
         server.kill()
         killed = time.monotonic()
         code, out, err = _wait(driver, timeout=300)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
-    seconds = time.monotonic() - killed
+    return code, out, err, time.monotonic() - killed
+
+
+@pytest.mark.slow
+def test_a_server_killed_mid_tune_stops_the_study_and_a_rerun_finishes_it(server, small_experiment):
+    experiment = small_experiment("tune_outage", tracking_wait=10, train={"epochs": 150, "batch_size": 64},
+                                  tune={"num_samples": 1, "grace_period": 150})
+    driver = _scssl("run", experiment, "--tracking-uri", server.uri)
+    code, out, err, seconds = _kill_server_when(
+        server, driver, lambda: _running(server.uri, "tune_outage", "tune"), "a trial in training")
     assert code == 75, out + err
     line = _line(err, "[scssl] stopped:")
     assert f"the MLflow tracking store {server.uri} did not answer for 1" in line and "(Connection refused)" in line
@@ -183,17 +190,10 @@ def test_a_server_killed_mid_retrain_keeps_the_finished_result_for_the_rerun(ser
                                   final={"retrain": "defaults", "seeds": [0, 1, 2]})
     study = experiment.parent / "out"
     driver = _scssl("retrain", experiment, "--tracking-uri", server.uri)
-    try:
-        # two jobs training and none ended yet: the first to end meets the dead server
-        wait_for(lambda: _running(server.uri, "retrain_outage", "retrain", at_least=2)
-                 and not _finished(_runs(server.uri, "retrain_outage", "retrain")), "two jobs in flight")
-        server.kill()
-        killed = time.monotonic()
-        code, out, err = _wait(driver, timeout=300)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-    seconds = time.monotonic() - killed
+    # two jobs training and none ended yet: the first to end meets the dead server
+    code, out, err, seconds = _kill_server_when(
+        server, driver, lambda: _running(server.uri, "retrain_outage", "retrain", at_least=2)
+        and not _finished(_runs(server.uri, "retrain_outage", "retrain")), "two jobs in flight")
     assert code == 75, out + err
     line = _line(err, "[scssl] stopped:")
     assert "(Connection refused)" in line

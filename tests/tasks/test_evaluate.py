@@ -8,7 +8,9 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.neighbors import KNeighborsClassifier
 
 from scssl.evaluate import BATCH_METRICS, BIO_METRICS, exact_neighbors, knn_accuracy, knn_cell_typing, scib_scores
-from scssl.evaluate.cell_typing import validation_split
+from scssl.evaluate.batch_correction import stratified_subsample
+from scssl.evaluate.cell_typing import knn_predict, validation_split
+from scssl.neighbours import nearest
 
 
 def test_knn_cell_typing_equals_sklearn(rng):
@@ -32,6 +34,39 @@ def test_knn_cell_typing_equals_sklearn(rng):
     assert scores["accuracy"] > scores["accuracy_all"]
 
 
+def test_knn_votes_equal_sklearns_classifier_ties_included(rng):
+    ref = rng.integers(0, 3, size=(300, 2)).astype(float)  # a coarse grid: many equal distances
+    ref_labels = np.array(["b", "a", "c"])[rng.integers(3, size=300)]
+    query = rng.integers(0, 3, size=(200, 2)).astype(float) + 0.5
+    for k in (2, 4, 11):  # even k: many votes tie
+        expected = KNeighborsClassifier(n_neighbors=k, algorithm="brute").fit(ref, ref_labels).predict(query)
+        assert np.array_equal(knn_predict(ref, ref_labels, query, k), expected), k
+
+
+def test_nearest_neighbours_are_exact(rng):
+    reference, queries = rng.normal(size=(500, 20)), rng.normal(size=(60, 20))
+    distances, indices = nearest(reference, queries, 7)
+    full = np.linalg.norm(queries[:, None] - reference[None], axis=2)
+    assert np.array_equal(indices, np.argsort(full, axis=1)[:, :7])
+    assert np.allclose(distances, np.sort(full, axis=1)[:, :7])
+    assert nearest(reference[:5], queries, 7)[1].shape == (60, 5)  # fewer cells than k: all of them
+
+
+def test_stratified_subsample_keeps_each_batch_and_type_share(rng):
+    batch = rng.choice(["b0", "b1", "b2"], size=20_000, p=[0.5, 0.3, 0.2])
+    labels = rng.choice(["common", "mid", "rare"], size=20_000, p=[0.7, 0.2997, 0.0003])
+    rows = stratified_subsample(batch, labels, 2_000, seed=0)
+    assert np.array_equal(rows, np.unique(rows)) and abs(len(rows) - 2_000) <= 9
+    for b in ("b0", "b1", "b2"):
+        for t in ("common", "mid"):
+            group = (batch == b) & (labels == t)
+            assert np.isin(np.flatnonzero(group), rows).sum() == int(group.sum() * 2_000 / 20_000), (b, t)
+        rare = (batch == b) & (labels == "rare")
+        assert np.isin(np.flatnonzero(rare), rows).sum() == min(1, rare.sum())  # at least one of each group
+    assert np.array_equal(rows, stratified_subsample(batch, labels, 2_000, seed=0))
+    assert not np.array_equal(rows, stratified_subsample(batch, labels, 2_000, seed=1))
+
+
 def test_knn_accuracy_on_fixed_validation_cells(rng):
     labels = np.repeat([0, 1], 100)
     emb = rng.normal(size=(200, 4)) + labels[:, None] * 5
@@ -48,15 +83,21 @@ def scib_worker():
         yield pool
 
 
-def _scib_both_ways(seed: int) -> tuple[dict, dict]:
-    """scssl's scIB scores and scib-metrics' own on one embedding. Run in a spawned process: JAX's threads
-    must not live in the test process, which forks (Ray's start) in other tests."""
+def _cells(seed: int, n: int):
+    """(embedding, pre-integration PCA, batch, labels) of ``n`` cells: three types, two batches, one of each
+    shifting the embedding."""
     rng = np.random.default_rng(seed)
-    n = 300
     labels = np.array(["t0", "t1", "t2"])[rng.integers(3, size=n)]
     batch = np.array(["b0", "b1"])[rng.integers(2, size=n)]
     emb = (rng.normal(size=(n, 10)) + (labels == "t1")[:, None] * 2 + (batch == "b1")[:, None] * 0.5).astype(np.float32)
     pre = rng.normal(size=(n, 20)).astype(np.float32) + (batch == "b1")[:, None]
+    return emb, pre, batch, labels
+
+
+def _scib_both_ways(seed: int) -> tuple[dict, dict]:
+    """scssl's scIB scores and scib-metrics' own on one embedding. Run in a spawned process: JAX's threads
+    must not live in the test process, which forks (Ray's start) in other tests."""
+    emb, pre, batch, labels = _cells(seed, 300)
 
     scores = scib_scores(emb, batch, labels, pre)
 
@@ -118,6 +159,23 @@ def _scib_and_benchmarker(seed: int) -> tuple[dict, dict]:
     benchmarker.benchmark()
     table = benchmarker.get_results(min_max_scale=False)
     return scores, {name: float(value) for name, value in table.loc["emb"].items()}
+
+
+def _scib_whole_and_subsample(seed: int) -> tuple[dict, dict]:
+    """scssl's scIB scores of 600 cells with ``max_cells`` 300, and of the subsample it draws. Spawned, as above."""
+    emb, pre, batch, labels = _cells(seed, 600)
+    rows = stratified_subsample(batch, labels, 300, seed=3)
+    return scib_scores(emb, batch, labels, pre, max_cells=300, seed=3), scib_scores(emb[rows], batch[rows],
+                                                                                     labels[rows], pre[rows])
+
+
+@pytest.mark.slow  # as above
+def test_scib_beyond_max_cells_scores_the_stratified_subsample(scib_worker):
+    capped, subsample = scib_worker.submit(_scib_whole_and_subsample, 2).result()
+    assert capped["embedded_cells"] == 600 and capped["scib_cells"] == subsample["scib_cells"] == subsample[
+        "embedded_cells"] < 600
+    for name in BIO_METRICS + BATCH_METRICS:
+        assert capped[name] == subsample[name], name
 
 
 @pytest.mark.slow  # as above

@@ -10,7 +10,9 @@ from matplotlib.figure import Figure
 from optuna.distributions import FloatDistribution
 
 from scssl.evaluate import BATCH_METRICS, BIO_METRICS, aggregate
-from scssl.report import benchmark_tables, build_report, log_cell_metadata, relative_to_cohort
+from scssl.evaluate.batch_correction import relative_to_cohort
+from scssl.evaluate.tasks import TASKS
+from scssl.report import benchmark_tables, build_report, log_cell_metadata
 from scssl.report.figures import results_table_figure, umap_figure
 from scssl.report.html import ReportFigure, write_html
 from scssl.report.tables import LONG, ranks
@@ -89,12 +91,23 @@ def test_every_table_is_written_as_csv_markdown_and_latex(tmp_path):
         assert "barlow\\_twins" in latex and "$\\pm$" in latex and "±" not in latex
 
 
+def test_scib_tables_say_which_data_sets_were_scored_on_a_subsample():
+    scores = {(d, m, "", 0): _scib(0.1 * i, 0.2) | {"scib_cells": cells, "embedded_cells": 12_000}
+              for d, cells in (("big", 5_000), ("small", 12_000)) for i, m in enumerate(["pca", "simclr"])}
+    tables = {t.name: t for t in benchmark_tables(_long(scores), ["pca", "simclr"])}
+    for name in ("batch_correction", "batch_correction_relative"):
+        assert "big: 5,000 of its 12,000 cells, a subsample stratified by batch x cell type" in tables[name].note
+        assert "small" not in tables[name].note
+    unsampled = {key: value | {"scib_cells": 12_000} for key, value in scores.items()}
+    assert "subsample" not in benchmark_tables(_long(unsampled), ["pca", "simclr"])[0].note
+
+
 def test_html_is_self_contained_and_figures_are_png(tmp_path):
     scores = {("d", m, "", s): _scib(0.2 * i + 0.1 * s, 0.1 * i) for i, m in enumerate(["pca", "simclr", "vicreg"])
               for s in (0, 1)}
     tables = benchmark_tables(_long(scores), ["pca", "simclr", "vicreg"])
-    relative = tables[1].numbers.loc["d"]
-    figure = results_table_figure(relative, ["pca", "simclr", "vicreg"], tmp_path / "scib_table.png")
+    figure = results_table_figure(tables[1], "d", ["pca", "simclr", "vicreg"], TASKS["batch_correction"].headers,
+                                  tmp_path / "scib_table.png")
     assert figure.read_bytes().startswith(PNG)
 
     page = write_html("study <x>", tables, [ReportFigure("Figures: d", "results table", figure)], tmp_path / "r.html")

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from scssl.cli import main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 

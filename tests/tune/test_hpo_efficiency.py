@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-_file = Path(__file__).resolve().parent.parent / "benchmarks" / "hpo_efficiency.py"
+_file = Path(__file__).resolve().parents[2] / "benchmarks" / "hpo_efficiency.py"
 _spec = importlib.util.spec_from_file_location("hpo_efficiency", _file)
 hpo = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(hpo)

@@ -75,8 +75,8 @@ def _score_every_task(method: str, data: dict, folder: Path) -> list[tuple[str, 
     for task in [task for task in TASKS.values() if task.serves(method)]:
         dataset = _dataset(method, task, data)
         if method in SCGPT:
-            sys.path.insert(0, str(Path(__file__).parent))
-            from test_scgpt import write_checkpoint
+            sys.path.insert(0, str(Path(__file__).parents[1]))
+            from scgpt_checkpoint import write_checkpoint
 
             checkpoint = folder / f"{method}_{dataset.id}"  # one per method: two processes write them
             if not checkpoint.exists():

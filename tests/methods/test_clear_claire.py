@@ -14,7 +14,7 @@ from scssl.methods.base import TrainingContext
 from scssl.methods.claire import CLAIRE, filter_partners, gmm_keep
 from scssl.methods.clear import CLEAR
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _identity_networks(model):

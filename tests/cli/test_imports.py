@@ -25,7 +25,7 @@ def test_checking_an_experiment_loads_no_heavy_library():
 
 def test_loading_an_experiment_loads_neither_ray_nor_mlflow():
     """The search spaces and stage settings sit below ``tune``: no tune <-> experiment import cycle."""
-    path = Path(__file__).resolve().parent.parent / "experiments" / "richter_masking.yaml"
+    path = Path(__file__).resolve().parents[2] / "experiments" / "richter_masking.yaml"
     code = f"from scssl.experiment import load_experiment; load_experiment({str(path)!r})"
     assert heavy_after(code) == ["torch"]  # the method classes, to check the search spaces against
 

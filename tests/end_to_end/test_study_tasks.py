@@ -67,7 +67,7 @@ def test_scvi_and_scanvi_train_inside_ray_trials_and_land_in_the_tables_of_the_s
 @pytest.mark.skipif(importlib.util.find_spec("scgpt") is None, reason="scgpt is not installed (make test installs it)")
 def test_scgpt_loads_and_fine_tunes_from_a_local_checkpoint_inside_ray_and_lands_in_the_tables(tmp_path):
     from scssl.data import DatasetSpec, prepare, resolve
-    from test_scgpt import write_checkpoint
+    from scgpt_checkpoint import write_checkpoint
 
     genes = [str(g) for g in prepare(resolve(DatasetSpec(name="pbmc_hao2021"), tmp_path)).cells().genes]
     spaces = tmp_path / "spaces"

@@ -25,7 +25,7 @@ from scssl.data.paper import PAPER_DATASETS, PaperDataset
 from scssl.data.spec import DEFAULT_N_HVGS, DataError, ModalitySpec
 from scssl.settings import ConfigError, parse
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 N_GENES = DEFAULT_N_HVGS + 100  # more genes than the paper's HVG count, so that the selection shows
 N_PROTEINS = 12
 

@@ -16,7 +16,7 @@ import yaml
 from scssl.cli import main
 from scssl.data import make_synthetic
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
