@@ -8,14 +8,14 @@ Loaded on first use (anndata, sklearn, scib-metrics).
 from scssl import lazy_exports
 
 __getattr__ = lazy_exports(__name__, {
-    "batch_correction": ["AGGREGATES", "BATCH_METRICS", "BIO_METRICS", "aggregate", "exact_neighbors", "metric_set",
-                         "scib_scores"],
+    "batch_correction": ["aggregate", "exact_neighbors", "metric_set", "scib_scores"],
     "cell_typing": ["K_NEIGHBORS", "knn_accuracy", "knn_cell_typing", "label_transfer_scores", "validation_split"],
     "fine_tuning": ["fine_tune"],
     "reconstruction": ["mean_reconstruction", "pca_reconstruction", "reconstruction_scores"],
     "settings": ["FineTuneSettings"],
     "shared": ["SharedData", "TaskInputs"],
     "tasks": ["TASKS"],
+    "tasks.batch_correction": ["AGGREGATES", "BATCH_METRICS", "BIO_METRICS"],
 })
 
 __all__ = [

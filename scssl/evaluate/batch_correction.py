@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from scssl.neighbours import nearest
-from scssl.evaluate.tasks.batch_correction import AGGREGATES, BATCH_METRICS, BIO_METRICS
+from scssl.evaluate.tasks.batch_correction import BATCH_METRICS, BIO_METRICS
 
 # scib-metrics' column names -> ours
 _SCIB_NAMES = {

@@ -17,8 +17,19 @@ from sklearn.utils.class_weight import compute_class_weight
 from scssl.data import CellMatrix
 from scssl.evaluate.cell_typing import label_transfer_scores
 from scssl.evaluate.settings import FineTuneSettings
-from scssl.methods.domain_norm import codes_on, domains, in_chunks
+from scssl.methods.domain_norm import codes_on, in_chunks
 from scssl.train.epochs import Optimisation, run_epochs
+
+
+class EncoderWithHead(torch.nn.Module):
+    """A pretrained encoder and a linear head on its output; the rows' batch codes go to the encoder."""
+
+    def __init__(self, encoder: torch.nn.Module, head: torch.nn.Module):
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, x: torch.Tensor, codes: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.encoder(x, codes))
 
 
 def train_head(
@@ -29,7 +40,7 @@ def train_head(
 ) -> torch.nn.Sequential:
     """A copy of ``encoder`` (cells -> ``embedding_dim``) with a linear head of ``n_outputs``, trained with AdamW
     on ``loss(output, targets[batch])`` over shuffled mini-batches of the reference cells (the epoch loop of
-    ``scssl.train``); in eval mode.
+    ``scssl.train``); in eval mode (an ``EncoderWithHead``).
     ``ref_codes``: the reference cells' batches, for an encoder with domain-specific BatchNorm.
 
     The caller's encoder is left untouched, so one pretrained encoder serves every seed and task. A last
@@ -37,24 +48,23 @@ def train_head(
     dropout and the order of cells. A frozen encoder stays in eval mode (its BatchNorm statistics fixed).
     """
     torch.manual_seed(seed)
-    network = torch.nn.Sequential(copy.deepcopy(encoder), torch.nn.Linear(embedding_dim, n_outputs)).to(device)
+    network = EncoderWithHead(copy.deepcopy(encoder), torch.nn.Linear(embedding_dim, n_outputs)).to(device)
     if freeze:
-        network[0].requires_grad_(False)
+        network.encoder.requires_grad_(False)
     trained = [p for p in network.parameters() if p.requires_grad]
     reference = CellMatrix(X_ref, device)
     codes = codes_on(ref_codes, device)
     order = torch.Generator(device="cpu").manual_seed(seed)
     network.train()
     if freeze:
-        network[0].eval()
+        network.encoder.eval()
 
     def batches(epoch: int):
         permutation = torch.randperm(reference.n_cells, generator=order).to(device)
         return [batch for batch in permutation.split(settings.batch_size) if len(batch) >= 2]
 
     def batch_loss(batch: torch.Tensor) -> torch.Tensor:
-        with domains(network, None if codes is None else codes[batch]):
-            return loss(network(reference.rows(batch)), targets[batch])
+        return loss(network(reference.rows(batch), None if codes is None else codes[batch]), targets[batch])
 
     run_epochs("fine-tuning head", trained, settings.epochs, batches, batch_loss,
                Optimisation(settings.lr, settings.weight_decay, "adamw"))
@@ -67,8 +77,8 @@ def predict(network: torch.nn.Module, X: np.ndarray | sp.spmatrix, codes: np.nda
     """The network's output for every cell of ``X``, in chunks; domain norms as ``in_chunks`` says (batches of
     ``codes`` the encoder did not train on: by their statistics over all of ``X``, never a chunk's)."""
     cells = CellMatrix(X, device)
-    parts = in_chunks(network, lambda rows: network(cells.rows(rows)), cells.n_cells, codes_on(codes, device),
-                      batch_size, torch.device(device))
+    parts = in_chunks(network, lambda rows, batches: network(cells.rows(rows), batches), cells.n_cells,
+                      codes_on(codes, device), batch_size, torch.device(device))
     return torch.cat([part.cpu() for part in parts])
 
 

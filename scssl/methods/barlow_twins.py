@@ -33,6 +33,6 @@ class BarlowTwins(TwoViewMethod):
         super().__init__(n_genes, params, n_other)
         self.projector = self.head(lambda: mlp_head(projector_dims(params)))
 
-    def loss(self, view1, view2):
-        z1, z2 = self.projector(self.encoder(view1)), self.projector(self.encoder(view2))
+    def loss(self, view1, view2, codes=None):
+        z1, z2 = self.projector(self.encoder(view1, codes)), self.projector(self.encoder(view2, codes))
         return barlow_twins(z1, z2, self.params.lambda_offdiag)

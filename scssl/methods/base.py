@@ -32,8 +32,6 @@ from scssl.methods.mechanics import cosine_schedule, ema_update
 from scssl.settings import settings, with_preset
 
 if TYPE_CHECKING:
-    import scipy.sparse as sp
-
     from scssl.augment import AugmentationConfig, NeighbourGraph
     from scssl.data import Cells
     from scssl.train import TrainSettings
@@ -153,13 +151,19 @@ def mlp(dims: list[int], params: EncoderParams, last_dropout: float | None,
 class Encoder(nn.Sequential):
     """The embedding network of ``EncoderParams`` (by default exactly scSSL-Bench's ``get_backbone_deep``:
     Linear -> BN -> ReLU -> Linear -> BN -> Dropout). ``output_activation`` ends it in the activation too, as
-    CLEAR's and CLAIRE's encoders (after the dropout: the two commute)."""
+    CLEAR's and CLAIRE's encoders (after the dropout: the two commute). Its input is the rows and their batch
+    codes, which only a domain-specific BatchNorm reads."""
 
     def __init__(self, n_genes: int, params: EncoderParams, output_activation: bool = False):
         super().__init__(*mlp([n_genes, *params.hidden_dims, params.embedding_dim], params, params.dropout,
                               params.domain_batchnorm))
         if output_activation:
             self.append(ACTIVATIONS[params.activation]())
+
+    def forward(self, x: torch.Tensor, codes: torch.Tensor | None = None) -> torch.Tensor:
+        for layer in self:
+            x = layer(x, codes) if isinstance(layer, DomainBatchNorm) else layer(x)
+        return x
 
 
 def mlp_head(dims: list[int], hidden_norm: bool = True, last_norm: bool = False,
@@ -184,8 +188,9 @@ class PairedEncoder(nn.Module):
         self.rna = Encoder(n_genes, params, output_activation)
         self.other = Encoder(n_other, params, output_activation)
 
-    def forward(self, x: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.rna(x[0]), self.other(x[1])
+    def forward(self, x: tuple[torch.Tensor, torch.Tensor],
+                codes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.rna(x[0], codes), self.other(x[1], codes)
 
 
 def fuse(rna: torch.Tensor, other: torch.Tensor, fusion: str) -> torch.Tensor:
@@ -243,8 +248,9 @@ class Batch:
 @dataclass
 class TrainingContext:
     """What a method may need before training besides its settings: the training cells' row lookup, gene
-    names, neighbour graph (BBKNN / MNN augmentations), augmentations, seed and device, and on multimodal
-    data the row lookup of the second modality (``other_rows``)."""
+    names, neighbour graph (BBKNN / MNN augmentations), augmentations, seed and device, on multimodal
+    data the row lookup of the second modality (``other_rows``), and every training cell's batch code on the
+    device (``batch_codes``; None when the cells have none)."""
 
     rows: Callable[[torch.Tensor], torch.Tensor]
     genes: np.ndarray | None
@@ -253,6 +259,7 @@ class TrainingContext:
     seed: int
     device: torch.device
     other_rows: Callable[[torch.Tensor], torch.Tensor] | None = None
+    batch_codes: torch.Tensor | None = None
 
 
 class SSLMethod(nn.Module):
@@ -311,11 +318,13 @@ class SSLMethod(nn.Module):
     def training_loss(self, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
 
-    def embed(self, x: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
-        """The embedding the tasks score: both encoders' outputs concatenated (``joint``), else the RNA's."""
+    def embed(self, x: torch.Tensor, other: torch.Tensor | None = None,
+              codes: torch.Tensor | None = None) -> torch.Tensor:
+        """The embedding the tasks score: both encoders' outputs concatenated (``joint``), else the RNA's;
+        ``codes``: the rows' batches (for domain-specific BatchNorm)."""
         if self.joint(other):
-            return torch.cat(self.encoder((x, other)), dim=1)
-        return self.rna_encoder(x)
+            return torch.cat(self.encoder((x, other), codes), dim=1)
+        return self.rna_encoder(x, codes)
 
     def before_epoch(self, epoch: int) -> None:
         """Called in training mode before each epoch (``epoch`` 1-based): CLAIRE filters its anchors here."""
@@ -350,10 +359,10 @@ class TwoViewMethod(SSLMethod):
 
     def training_loss(self, batch: Batch) -> torch.Tensor:
         if not self.n_other:
-            return self.loss(*self.augmenter(batch.x, batch.index))
+            return self.loss(*self.augmenter(batch.x, batch.index), batch.batch_codes)
         rna1, rna2 = self.augmenter(batch.x, batch.index)
         other1, other2 = self.other_augmenter(batch.other, batch.index)
-        loss = self.loss((rna1, other1), (rna2, other2))
+        loss = self.loss((rna1, other1), (rna2, other2), batch.batch_codes)
         if self.params.fusion == "clip":  # each call of the online projector: one per view it projected
             loss = loss + sum(clip_loss(rna, other, self.logit_scale) for rna, other in self.projector.recorded)
         for head in self.modules():
@@ -361,15 +370,17 @@ class TwoViewMethod(SSLMethod):
                 head.recorded.clear()
         return loss
 
-    def embed(self, x: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(self, x: torch.Tensor, other: torch.Tensor | None = None,
+              codes: torch.Tensor | None = None) -> torch.Tensor:
         """With ``predict_projection``, the (fused) projection; else the encoder's embedding."""
         if not self.params.predict_projection:
-            return super().embed(x, other)
+            return super().embed(x, other, codes)
         if self.joint(other):
-            return self.projector(self.encoder((x, other)))
-        return (self.projector.rna if self.n_other else self.projector)(self.rna_encoder(x))
+            return self.projector(self.encoder((x, other), codes))
+        return (self.projector.rna if self.n_other else self.projector)(self.rna_encoder(x, codes))
 
-    def loss(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
+    def loss(self, view1: torch.Tensor, view2: torch.Tensor, codes: torch.Tensor | None = None) -> torch.Tensor:
+        """The method's loss on two views of the same cells, whose batches are ``codes``."""
         raise NotImplementedError
 
 
@@ -449,9 +460,9 @@ class UnavailableMethod(FittedMethod):
 @runtime_checkable
 class Reconstructs(Protocol):
     """A model that reconstructs cells from its training-time masking (the reconstruction task): the MAE's
-    network, or a method that fits by itself (PCA)."""
+    network, or a method that fits by itself (PCA). ``seed`` draws the masks."""
 
-    def reconstruct(self, *args, **kwargs): ...
+    def reconstruct(self, cells: Cells, seed: int) -> Reconstruction: ...
 
 
 @runtime_checkable

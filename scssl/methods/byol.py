@@ -38,10 +38,10 @@ class BYOL(MomentumTargets, TwoViewMethod):
     def momentum_pairs(self):
         return [(self.encoder, self.target_encoder), (self.projector, self.target_projector)]
 
-    def loss(self, view1, view2):
-        p1 = self.predictor(self.projector(self.encoder(view1)))
-        p2 = self.predictor(self.projector(self.encoder(view2)))
+    def loss(self, view1, view2, codes=None):
+        p1 = self.predictor(self.projector(self.encoder(view1, codes)))
+        p2 = self.predictor(self.projector(self.encoder(view2, codes)))
         with torch.no_grad():
-            t1 = self.target_projector(self.target_encoder(view1))
-            t2 = self.target_projector(self.target_encoder(view2))
+            t1 = self.target_projector(self.target_encoder(view1, codes))
+            t2 = self.target_projector(self.target_encoder(view2, codes))
         return 0.5 * (negative_cosine(p1, t2) + negative_cosine(p2, t1))

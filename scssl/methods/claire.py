@@ -104,6 +104,7 @@ class CLAIRE(CLEAR):
             raise ValueError("claire trains on mutual nearest neighbours across batches: it needs the cells' "
                              "NeighbourGraph (Cells.graph, from build_neighbour_graph)")
         self.rows, self.graph, self.device, self.seed = context.rows, context.graph, context.device, context.seed
+        self.codes = context.batch_codes  # both views of an anchor are normalised as its batch (domain norms)
         partners = context.graph.mnn
         if (partners < 0).all():  # one batch (a single-donor reference): CLAIRE's code's option, off by default
             print("[claire] no training cell has a mutual nearest neighbour in another batch (one batch?): each cell "
@@ -132,19 +133,20 @@ class CLAIRE(CLEAR):
         return cells, *self.augmenter(self.rows(cells), cells)
 
     def training_loss(self, batch: Batch) -> torch.Tensor:
-        _, view1, view2 = self.views(batch.index)
-        return self.loss(view1, view2)
+        cells, view1, view2 = self.views(batch.index)
+        return self.loss(view1, view2, None if self.codes is None else self.codes[cells])
 
-    def loss(self, view1, view2):
-        loss12, key2 = self.contrast(view1, view2)
-        loss21, key1 = self.contrast(view2, view1)
+    def loss(self, view1, view2, codes=None):
+        loss12, key2 = self.contrast(view1, view2, codes, codes)
+        loss21, key1 = self.contrast(view2, view1, codes, codes)
         self.queue.enqueue(key1)
         self.queue.enqueue(key2)
         return (loss12 + loss21) / 2
 
-    def embed(self, x: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(self, x: torch.Tensor, other: torch.Tensor | None = None,
+              codes: torch.Tensor | None = None) -> torch.Tensor:
         """The query encoder's output, L2-normalised (CLAIRE's ``EncoderL2``)."""
-        return F.normalize(self.encoder(x), dim=1)
+        return F.normalize(self.encoder(x, codes), dim=1)
 
     def before_epoch(self, epoch: int) -> None:
         if self.params.filter_epoch is not None and epoch == self.params.filter_epoch + 1:
@@ -155,7 +157,8 @@ class CLAIRE(CLEAR):
         """Drop the MNN pairs that ``gmm_keep`` rejects, judged in the current embedding (eval mode)."""
         self.eval()
         cells = torch.arange(len(self.graph.within), device=self.device)
-        embedding = torch.cat([self.embed(self.rows(chunk)) for chunk in cells.split(EMBED_CHUNK)])
+        embedding = torch.cat([self.embed(self.rows(chunk), None, None if self.codes is None else self.codes[chunk])
+                               for chunk in cells.split(EMBED_CHUNK)])
         self.train()
         partners = filter_partners(self.augmenter.mnn.cpu().numpy(), embedding.cpu().numpy(), self.params.yita)
         self.use_partners(partners, seed)

@@ -66,17 +66,20 @@ class CLEAR(MomentumTargets, TwoViewMethod):
     def momentum_pairs(self):
         return [(self.encoder, self.key_encoder)]
 
-    def contrast(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def contrast(self, view1: torch.Tensor, view2: torch.Tensor, codes1: torch.Tensor | None = None,
+                 codes2: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """MoCo's InfoNCE of view 1's queries against view 2's keys and the queue, and those keys (not yet
         queued, so that a symmetric loss sees the same queue in both directions)."""
-        key = self.key_encoder(view2).detach()
-        return nt_xent_with_queue(self.encoder(view1), key, self.queue.bank.clone(), self.params.temperature), key
+        key = self.key_encoder(view2, codes2).detach()
+        return nt_xent_with_queue(self.encoder(view1, codes1), key, self.queue.bank.clone(),
+                                  self.params.temperature), key
 
-    def loss(self, view1, view2):
-        loss, key = self.contrast(view1, view2)
+    def loss(self, view1, view2, codes=None):
+        loss, key = self.contrast(view1, view2, codes, codes)
         self.queue.enqueue(key)
         return loss
 
-    def embed(self, x: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(self, x: torch.Tensor, other: torch.Tensor | None = None,
+              codes: torch.Tensor | None = None) -> torch.Tensor:
         """The key encoder's output, L2-normalised (CLEAR's ``is_eval``)."""
-        return F.normalize(self.key_encoder(x), dim=1)
+        return F.normalize(self.key_encoder(x, codes), dim=1)

@@ -82,7 +82,8 @@ class GeneAttentionTeacher(nn.Module):
         bins = F.relu(self.value_norm(x)).long().clamp(max=self.value_bins - 1)
         return bins, torch.ones_like(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, codes: torch.Tensor | None = None) -> torch.Tensor:
+        """The embedding of rows ``x`` (their batch ``codes`` unused: the teacher has no domain norms)."""
         ids, scale = self.tokenise(x)
         # h = scale * e_token, so W h = scale * (W e_token): the keys of every token are computed once
         keys = F.linear(self.token_embedding.weight, self.attention.weight)
@@ -127,5 +128,6 @@ class Concerto(SSLMethod):
     def training_loss(self, batch: Batch) -> torch.Tensor:
         return nt_xent(self.encoder(batch.x), self.student(batch.x), self.params.temperature)
 
-    def embed(self, x: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
-        return F.normalize(self.encoder(x), dim=1)
+    def embed(self, x: torch.Tensor, other: torch.Tensor | None = None,
+              codes: torch.Tensor | None = None) -> torch.Tensor:
+        return F.normalize(self.encoder(x, codes), dim=1)

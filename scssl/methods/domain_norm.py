@@ -2,13 +2,12 @@
 batch of the training cells in the first encoder layer, so that each batch is normalised by its own
 statistics.
 
-Which batch each row belongs to is set around a forward pass (``domains``), so that a method's loss and
-embedding code stay as they are: the training loop sets the codes of each mini-batch, and embedding those of
-the cells embedded. Rows of a batch not seen in training (a query donor) are normalised by that batch's own
-statistics, gathered over all its cells in a first pass (``adapting``, run by ``in_chunks`` only when there
-are such rows; AdaBN, Li et al. 2017), with the affine parameters averaged over the training batches;
-scSSL-Bench does not say what it did with them. A head fine-tuned on the encoder gets the cells' codes too;
-rows without codes are treated as of one unseen batch.
+The batch of each row (its code) is an input of the encoder's forward pass, beside the rows: a training step
+passes its mini-batch's codes, an embedding those of the cells it embeds, a head on the encoder those of its
+cells. Rows of a batch not seen in training (a query donor) are normalised by that batch's own statistics,
+gathered over all its cells in a first pass (``adapting``, run by ``in_chunks`` only when there are such rows;
+AdaBN, Li et al. 2017), with the affine parameters averaged over the training batches; scSSL-Bench does not say
+what it did with them. Rows without codes are treated as of one unseen batch.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ class DomainBatchNorm(nn.Module):
         super().__init__()
         self.width = width
         self.norms = nn.ModuleDict()
-        self.codes: torch.Tensor | None = None  # the batch of each row of the coming forward passes
         self.adapted: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # unseen batch -> (mean, var)
         self._sums: dict[int, list] | None = None  # gathering unseen batches' statistics (``adapting``)
 
@@ -38,10 +36,11 @@ class DomainBatchNorm(nn.Module):
             if code not in self.norms:
                 self.norms[code] = nn.BatchNorm1d(self.width).to(device)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, codes: torch.Tensor | None = None) -> torch.Tensor:
+        """``h`` normalised row by row by the BatchNorm of the row's batch (``codes``; None: one unseen batch)."""
         if not len(self.norms):
             raise RuntimeError("domain_batchnorm: the training batches were never given (configure_domains)")
-        codes = torch.full((len(h),), -1, device=h.device) if self.codes is None else self.codes
+        codes = torch.full((len(h),), -1, device=h.device) if codes is None else codes
         if len(codes) != len(h):
             raise ValueError(f"domain_batchnorm: {len(h)} rows and the batches of {len(codes)} cells")
         out = torch.empty_like(h)
@@ -89,19 +88,6 @@ def configure_domains(model: nn.Module, codes: np.ndarray | None, device: torch.
 
 
 @contextmanager
-def domains(model: nn.Module, codes: torch.Tensor | None):
-    """The forward passes inside normalise each row by the BatchNorm of its batch (``codes``)."""
-    modules = _modules(model)
-    for module in modules:
-        module.codes = codes
-    try:
-        yield
-    finally:
-        for module in modules:
-            module.codes = None
-
-
-@contextmanager
 def adapting(model: nn.Module):
     """Forward passes inside gather the statistics of the rows of unseen batches (their output is
     meaningless); afterwards those batches are normalised by them."""
@@ -132,19 +118,15 @@ def unseen(model: nn.Module, codes: torch.Tensor | None) -> bool:
     return bool((~torch.isin(codes, trained)).any())
 
 
-def in_chunks(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], n_rows: int,
+def in_chunks(model: nn.Module, forward: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], n_rows: int,
               codes: torch.Tensor | None, chunk: int, device: torch.device) -> list[torch.Tensor]:
-    """``forward(rows)`` over consecutive chunks of ``n_rows`` rows, each normalised by its batch's BatchNorm
-    (``codes``): a row of a batch the model did not train on by that batch's statistics over all ``n_rows``,
+    """``forward(rows, their codes)`` over consecutive chunks of ``n_rows`` rows (``codes``: every row's batch),
+    a row of a batch the model did not train on normalised by that batch's statistics over all ``n_rows``,
     gathered in a first pass that runs only when there are such rows. Without domain norms, one pass."""
     chunks = [torch.arange(start, min(start + chunk, n_rows), device=device) for start in range(0, n_rows, chunk)]
 
     def passes() -> list[torch.Tensor]:
-        out = []
-        for rows in chunks:
-            with domains(model, None if codes is None else codes[rows]):
-                out.append(forward(rows))
-        return out
+        return [forward(rows, None if codes is None else codes[rows]) for rows in chunks]
 
     if unseen(model, codes):
         with adapting(model):

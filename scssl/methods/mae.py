@@ -79,13 +79,14 @@ class MAE(SSLMethod):
 
     def training_loss(self, batch: Batch) -> torch.Tensor:
         masked = self.masker(batch.x, self.generator)
-        reconstruction = self.decoder(self.encoder(masked.inputs))
+        reconstruction = self.decoder(self.encoder(masked.inputs, batch.batch_codes))
         return masked_mse(reconstruction, masked.target, masked.loss_mask, self.params.loss_average)
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """(reconstruction, entries hidden from the encoder) of clean rows ``x``, masked as in training;
-        ``generator`` draws the masks. The hidden entries, not the loss's: an isolated strategy's loss counts
-        the programme it shows (GP->GP), which the reconstruction task must not score as unseen."""
+    def reconstruct(self, x: torch.Tensor, generator: torch.Generator,
+                    codes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstruction, entries hidden from the encoder) of clean rows ``x`` of batches ``codes``, masked as in
+        training; ``generator`` draws the masks. The hidden entries, not the loss's: an isolated strategy's loss
+        counts the programme it shows (GP->GP), which the reconstruction task must not score as unseen."""
         masked = self.masker(x, generator)
-        return self.decoder(self.encoder(masked.inputs)), masked.hidden
+        return self.decoder(self.encoder(masked.inputs, codes)), masked.hidden

@@ -39,9 +39,9 @@ class MoCo(MomentumTargets, TwoViewMethod):
     def momentum_pairs(self):
         return [(self.encoder, self.key_encoder), (self.projector, self.key_projector)]
 
-    def loss(self, view1, view2):
-        query = self.projector(self.encoder(view1))
-        key = self.key_projector(self.key_encoder(view2)).detach()
+    def loss(self, view1, view2, codes=None):
+        query = self.projector(self.encoder(view1, codes))
+        key = self.key_projector(self.key_encoder(view2, codes)).detach()
         loss = nt_xent_with_queue(query, key, self.queue.bank.clone(), self.params.temperature)
         self.queue.enqueue(key)
         return loss

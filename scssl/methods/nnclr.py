@@ -35,8 +35,8 @@ class NNCLR(TwoViewMethod):
         self.predictor = mlp_head(predictor_dims(params, width))
         self.support = MemoryQueue(params.memory_size, width)
 
-    def loss(self, view1, view2):
-        z1, z2 = self.projector(self.encoder(view1)), self.projector(self.encoder(view2))
+    def loss(self, view1, view2, codes=None):
+        z1, z2 = self.projector(self.encoder(view1, codes)), self.projector(self.encoder(view2, codes))
         p1, p2 = self.predictor(z1), self.predictor(z2)
         support = self.support.bank.clone()
         nn1, nn2 = nearest_neighbour(z1.detach(), support), nearest_neighbour(z2.detach(), support)

@@ -12,7 +12,6 @@ from scssl.methods.base import FittedMethod, Reconstruction
 from scssl.settings import settings
 
 if TYPE_CHECKING:
-    import scipy.sparse as sp
     from sklearn.decomposition import PCA
 
     from scssl.data import Cells
@@ -47,7 +46,8 @@ class PCABaseline(FittedMethod):
     def embed(self, cells: Cells) -> np.ndarray:
         return self._pca.transform(cells.X).astype(np.float32)
 
-    def reconstruct(self, X: np.ndarray | sp.spmatrix, seed: int = 0) -> Reconstruction:
-        """The projection of ``X`` onto the components, mapped back to genes (every entry seen)."""
+    def reconstruct(self, cells: Cells, seed: int = 0) -> Reconstruction:
+        """The projection of the cells onto the components, mapped back to genes (every entry seen)."""
+        X = cells.X
         x_hat = self._pca.inverse_transform(self._pca.transform(X)).astype(np.float32)
         return Reconstruction(np.asarray(X.todense() if hasattr(X, "todense") else X, dtype=np.float32), x_hat)

@@ -43,5 +43,5 @@ class SCCLIP(SSLMethod):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def training_loss(self, batch: Batch) -> torch.Tensor:
-        rna, other = self.encoder((batch.x, batch.other))
+        rna, other = self.encoder((batch.x, batch.other), batch.batch_codes)
         return clip_loss(self.projector["rna"](rna), self.projector["other"](other), self.logit_scale)

@@ -23,8 +23,6 @@ import numpy as np
 from scssl.methods.base import FittedMethod
 
 if TYPE_CHECKING:
-    import anndata as ad
-
     from scssl.data import Cells
     from scssl.train import TrainSettings
 

@@ -24,7 +24,7 @@ class SimCLR(TwoViewMethod):
         super().__init__(n_genes, params, n_other)
         self.projector = self.head(lambda: mlp_head(projector_dims(params), last_norm=True))
 
-    def loss(self, view1, view2):
-        z1 = self.projector(self.encoder(view1))
-        z2 = self.projector(self.encoder(view2))
+    def loss(self, view1, view2, codes=None):
+        z1 = self.projector(self.encoder(view1, codes))
+        z2 = self.projector(self.encoder(view2, codes))
         return nt_xent(z1, z2, self.params.temperature)

@@ -31,7 +31,7 @@ class SimSiam(TwoViewMethod):
         self.projector = self.head(lambda: mlp_head(projector_dims(params), last_norm=True, last_norm_affine=False))
         self.predictor = mlp_head(predictor_dims(params, self.fused_width(projector_dims(params)[-1])))
 
-    def loss(self, view1, view2):
-        z1, z2 = self.projector(self.encoder(view1)), self.projector(self.encoder(view2))
+    def loss(self, view1, view2, codes=None):
+        z1, z2 = self.projector(self.encoder(view1, codes)), self.projector(self.encoder(view2, codes))
         p1, p2 = self.predictor(z1), self.predictor(z2)
         return 0.5 * (negative_cosine(p1, z2) + negative_cosine(p2, z1))

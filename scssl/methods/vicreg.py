@@ -35,8 +35,8 @@ class VICReg(TwoViewMethod):
         super().__init__(n_genes, params, n_other)
         self.projector = self.head(lambda: mlp_head(projector_dims(params)))
 
-    def loss(self, view1, view2):
+    def loss(self, view1, view2, codes=None):
         p = self.params
-        z1 = self.projector(self.encoder(view1))
-        z2 = self.projector(self.encoder(view2))
+        z1 = self.projector(self.encoder(view1, codes))
+        z2 = self.projector(self.encoder(view2, codes))
         return vicreg(z1, z2, p.sim_weight, p.var_weight, p.cov_weight)

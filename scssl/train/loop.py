@@ -18,7 +18,7 @@ from scssl.augment import AugmentationConfig
 from scssl.data import CellMatrix, Cells
 from scssl.methods import Batch, SSLMethod, TrainingContext, get_method
 from scssl.methods.base import Reconstruction
-from scssl.methods.domain_norm import codes_on, configure_domains, domains, in_chunks, uses_domains
+from scssl.methods.domain_norm import codes_on, configure_domains, in_chunks, uses_domains
 from scssl.train.epochs import EpochReport, Optimisation, run_epochs
 from scssl.train.settings import TrainSettings
 
@@ -56,9 +56,9 @@ def train(
     torch.manual_seed(seed)
     rna, other = _matrices(method_cls, cells, device)
     model = method_cls(rna.n_genes, params, 0 if other is None else other.n_genes).to(device)
-    model.setup(TrainingContext(rna.rows, cells.genes, cells.graph, augment, seed, device,
-                                None if other is None else other.rows))
     codes = codes_on(cells.batch_codes, device)
+    model.setup(TrainingContext(rna.rows, cells.genes, cells.graph, augment, seed, device,
+                                None if other is None else other.rows, codes))
     if uses_domains(model):
         configure_domains(model, cells.batch_codes, device)
     order = torch.Generator(device="cpu").manual_seed(seed)
@@ -73,10 +73,6 @@ def train(
             yield Batch(rna.rows(idx), idx, None if codes is None else codes[idx],
                         None if other is None else other.rows(idx))
 
-    def loss(batch: Batch) -> torch.Tensor:
-        with domains(model, batch.batch_codes):
-            return model.training_loss(batch)
-
     def before_epoch(epoch: int) -> None:
         model.train()
         model.before_epoch(epoch)
@@ -88,7 +84,7 @@ def train(
 
     optimisation = Optimisation(settings.lr, settings.weight_decay, settings.optimizer, settings.grad_clip,
                                 (10, 0.1) if settings.schedule == "step" else None)
-    run_epochs(method_cls.name, list(model.parameters()), settings.epochs, batches, loss, optimisation,
+    run_epochs(method_cls.name, list(model.parameters()), settings.epochs, batches, model.training_loss, optimisation,
                before_epoch, lambda step: model.after_step(step, total_steps), after_epoch)
     return model.eval()
 
@@ -104,8 +100,8 @@ def embed(model: SSLMethod, data: Cells | np.ndarray | sp.spmatrix, batch_size: 
     rna, other = _matrices(type(model), cells if model.n_other else Cells(cells.X), device)
     codes = codes_on(cells.batch_codes, device)
 
-    parts = in_chunks(model, lambda idx: model.embed(rna.rows(idx), None if other is None else other.rows(idx)),
-                      rna.n_cells, codes, batch_size, device)
+    parts = in_chunks(model, lambda idx, codes: model.embed(rna.rows(idx), None if other is None else other.rows(idx),
+                                                            codes), rna.n_cells, codes, batch_size, device)
     out = np.concatenate([part.cpu().numpy() for part in parts])
     model.train(was_training)
     return out
@@ -122,12 +118,21 @@ class TrainedNetwork:
         return embed(self.network, cells)
 
     @torch.no_grad()
-    def reconstruct(self, X: np.ndarray | sp.spmatrix, seed: int, batch_size: int = 1024) -> Reconstruction:
-        """The network's reconstruction of every cell of ``X`` from its training-time masking, masks drawn
-        from ``seed``."""
+    def reconstruct(self, cells: Cells, seed: int, batch_size: int = 1024) -> Reconstruction:
+        """The network's reconstruction of every cell from its training-time masking, masks drawn from ``seed``;
+        domain norms as ``in_chunks`` says."""
         device = next(self.network.parameters()).device
-        generator = torch.Generator(device=device).manual_seed(seed)
-        parts = [(x, *self.network.reconstruct(x, generator)) for x in CellMatrix(X, device).batches(batch_size)]
+        matrix = CellMatrix(cells.X, device)
+        drawn = {}
+
+        def chunk(rows: torch.Tensor, codes: torch.Tensor | None):
+            if rows[0] == 0:  # each pass over the cells (two with an adaptation pass) draws the same masks
+                drawn["masks"] = torch.Generator(device=device).manual_seed(seed)
+            x = matrix.rows(rows)
+            return (x, *self.network.reconstruct(x, drawn["masks"], codes))
+
+        parts = in_chunks(self.network, chunk, matrix.n_cells, codes_on(cells.batch_codes, device), batch_size,
+                          device)
         inputs, x_hat, scored = (np.concatenate([p[i].cpu().numpy() for p in parts]) for i in range(3))
         return Reconstruction(inputs.astype(np.float32), x_hat.astype(np.float32), scored.astype(bool))
 

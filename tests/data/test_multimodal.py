@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-import torch
 from scipy.stats import pearsonr
 from sklearn.neighbors import NearestNeighbors
 
@@ -18,11 +17,11 @@ from scssl.data import DatasetSpec, prepare, resolve
 from scssl.data.spec import ModalitySpec
 from scssl.evaluate import FineTuneSettings, SharedData, TASKS, TaskInputs
 from scssl.evaluate.tasks import check_tasks
-from scssl.methods import METHODS, PCABaseline, SimCLR
+from scssl.methods import METHODS, PCABaseline
 from scssl.search_space import trial_settings
 from scssl.settings import ConfigError
 from scssl.stages import TuneSettings
-from scssl.train import TrainSettings, embed, train
+from scssl.train import TrainSettings
 
 
 def _paired(n=90, genes=40, features=12, seed=0):

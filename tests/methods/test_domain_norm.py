@@ -8,7 +8,7 @@ import torch
 from scssl.augment import AugmentationConfig
 from scssl.data import Cells
 from scssl.methods import MoCo, SimCLR
-from scssl.methods.domain_norm import DomainBatchNorm, adapting, configure_domains, domains
+from scssl.methods.domain_norm import DomainBatchNorm, adapting, configure_domains
 from scssl.train import TrainSettings, embed, train
 
 
@@ -25,8 +25,7 @@ def test_each_batch_is_normalised_by_its_own_statistics_in_training():
     configure_domains(norm, codes, torch.device("cpu"))
     assert sorted(norm.norms) == ["0", "2"]
     h = torch.from_numpy(X)
-    with domains(norm, torch.from_numpy(codes)):
-        out = norm(h)
+    out = norm(h, torch.from_numpy(codes))
     for code in (0, 2):
         rows = out[torch.from_numpy(codes == code)]
         torch.testing.assert_close(rows.mean(0), torch.zeros(X.shape[1]), atol=1e-5, rtol=0)
@@ -43,8 +42,8 @@ def test_an_unseen_batch_is_normalised_by_the_statistics_of_all_its_cells_whatev
     whole, chunked = embed(model, query, batch_size=1024), embed(model, query, batch_size=10)
     np.testing.assert_allclose(whole, chunked, rtol=1e-4, atol=1e-5)
     first = model.encoder[0](torch.from_numpy(X[64:]))  # the first layer's pre-norm activations
-    with torch.no_grad(), adapting(model), domains(model, torch.from_numpy(codes[64:])):
-        model.encoder(torch.from_numpy(X[64:]))
+    with torch.no_grad(), adapting(model):
+        model.encoder(torch.from_numpy(X[64:]), torch.from_numpy(codes[64:]))
     mean, var = model.encoder[1].adapted[2]
     torch.testing.assert_close(mean, first.mean(0), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(var, first.var(0, unbiased=False), atol=1e-3, rtol=1e-3)
@@ -120,3 +119,21 @@ def test_fine_tuned_cell_typing_runs_with_domain_norms_its_twin_from_scratch_inc
     metrics, _ = TASKS["fine_tuned_cell_typing"].run(shared, TaskInputs("simclr", trial, 0, 1,
                                                                         FineTuneSettings(epochs=2)))
     assert 0 <= metrics["macro_f1"] <= 1 and 0 <= metrics["scratch_macro_f1"] <= 1
+
+
+def test_a_masked_autoencoder_reconstructs_an_unseen_batch_by_its_own_statistics_whatever_the_chunks():
+    """The reconstruction task's cells reach the encoder with their batches: before, every row was normalised as
+    of one unseen batch by its chunk's statistics."""
+    from scssl.methods import MAE
+    from scssl.train.loop import TrainedNetwork
+
+    X, codes = _two_batches()
+    model = TrainedNetwork(train(MAE, MAE.Params(embedding_dim=8, domain_batchnorm=True),
+                                 Cells(X[:64], batch_codes=codes[:64]), TrainSettings(epochs=2, batch_size=32)))
+    query = Cells(X[64:], batch_codes=codes[64:])  # batch 2 never seen
+    whole, chunked = model.reconstruct(query, seed=0, batch_size=1024), model.reconstruct(query, seed=0, batch_size=10)
+    np.testing.assert_array_equal(whole.scored, chunked.scored)  # the same masks
+    np.testing.assert_allclose(whole.x_hat, chunked.x_hat, rtol=1e-4, atol=1e-5)
+    # the same cells as of the seen batch 0: its running statistics instead
+    as_seen = model.reconstruct(Cells(X[64:], batch_codes=np.zeros(64, dtype=np.int64)), seed=0)
+    assert not np.allclose(as_seen.x_hat, whole.x_hat, atol=1e-3)

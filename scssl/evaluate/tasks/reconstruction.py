@@ -54,7 +54,7 @@ class Reconstruction(Task):
         ref, query = ds.reference_index, ds.query_index
         model = fit_method(shared, inputs, self.trains_on)
         embedding = model.embed(shared.cells())
-        made = model.reconstruct(ds.X[query], seed=inputs.seed)
+        made = model.reconstruct(shared.cells(query, inputs=()), seed=inputs.seed)
         floors = {"mean_floor": mean_reconstruction(ds.X[ref], len(query)),  # PCA: as many components as embedding
                   "pca_floor": pca_reconstruction(ds.X[ref], made.inputs, embedding.shape[1], seed=inputs.seed)}
         genes = slice(None) if ds.missing_genes is None else ~ds.missing_genes  # a gene the data lacks: not scored
@@ -70,7 +70,8 @@ class Reconstruction(Task):
         """The explained variance of the validation cells' masked entries, masked as in training."""
         from scssl.evaluate.reconstruction import reconstruction_scores
 
-        made = validation.model.reconstruct(validation.cells.X[validation.is_validation], seed=validation.seed)
+        cells = validation.cells.subset(np.flatnonzero(validation.is_validation))
+        made = validation.model.reconstruct(cells, seed=validation.seed)
         return {OBJECTIVE: reconstruction_scores(made.inputs, made.x_hat, made.scored)["masked_explained_variance"]}
 
     def check_objective(self, methods, datasets, source: str) -> None:
