@@ -22,11 +22,12 @@ from torch.nn import functional as F
 
 
 class DomainBatchNorm(nn.Module):
-    """A BatchNorm1d per training batch (its code), created by ``configure`` once the codes are known."""
+    """A BatchNorm1d per training batch (its code), created by ``configure`` once the codes are known, with ``eps``
+    and ``affine`` as BatchNorm1d's."""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, eps: float = 1e-5, affine: bool = True):
         super().__init__()
-        self.width = width
+        self.width, self.eps, self.affine = width, eps, affine
         self.norms = nn.ModuleDict()
         self.adapted: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # unseen batch -> (mean, var)
         self._sums: dict[int, list] | None = None  # gathering unseen batches' statistics (``adapting``)
@@ -34,7 +35,7 @@ class DomainBatchNorm(nn.Module):
     def configure(self, codes: np.ndarray, device: torch.device) -> None:
         for code in map(str, np.unique(codes)):
             if code not in self.norms:
-                self.norms[code] = nn.BatchNorm1d(self.width).to(device)
+                self.norms[code] = nn.BatchNorm1d(self.width, self.eps, affine=self.affine).to(device)
 
     def forward(self, h: torch.Tensor, codes: torch.Tensor | None = None) -> torch.Tensor:
         """``h`` normalised row by row by the BatchNorm of the row's batch (``codes``; None: one unseen batch)."""
@@ -65,10 +66,12 @@ class DomainBatchNorm(nn.Module):
             return torch.zeros_like(h)
         adapted = None if self.training else self.adapted.get(code)  # training: the mini-batch's, as BatchNorm
         mean, var = adapted or (h.mean(0), h.var(0, unbiased=False))
+        normalised = (h - mean) / torch.sqrt(var + self.eps)
+        if not self.affine:
+            return normalised
         weight = torch.stack([n.weight for n in self.norms.values()]).mean(0)
         bias = torch.stack([n.bias for n in self.norms.values()]).mean(0)
-        eps = next(iter(self.norms.values())).eps
-        return (h - mean) / torch.sqrt(var + eps) * weight + bias
+        return normalised * weight + bias
 
 
 def _modules(model: nn.Module) -> list[DomainBatchNorm]:

@@ -41,7 +41,8 @@ Partly faithful, and how:
 - Fine-tuning trains on every given cell for the experiment's epochs; the tutorial holds out 10% and keeps the
   epoch of the lowest validation loss (scssl holds out its own validation cells).
 - A batch not fine-tuned on (a query donor) has no BatchNorm of its own in scGPT; here it is normalised by its
-  own statistics (AdaBN, as scssl's ``domain_norm`` does for the SSL methods), gathered over its cells' tokens.
+  own statistics gathered over its cells' tokens (AdaBN): scGPT's DSBN slot holds scssl's ``DomainBatchNorm``
+  (``TokenDomainNorm``, normalising as scGPT's own), so the SSL methods' adaptation pass serves scGPT too.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ from torch.nn import functional as F
 from typing_extensions import Annotated
 
 from scssl.methods.base import FittedMethod
+from scssl.methods.domain_norm import DomainBatchNorm, adapting, unseen
 from scssl.methods.losses import masked_mse
 from scssl.settings import settings
 
@@ -278,13 +280,17 @@ class PretrainedScGPT(FittedMethod):
               f"{self.checkpoint.folder} ({len(self.checkpoint.vocab)} tokens)", flush=True)
         self.device = resolve_device("auto" if train is None else train.device)
         torch.manual_seed(self.seed)  # the parts the checkpoint lacks start alike in every run
-        self.model = self.checkpoint.model(**self.model_settings())
+        self.model = self.fit_model()
         fresh, unused = self.checkpoint.load_into(self.model)
         print(f"[{self.name}] loaded {len(self.model.state_dict()) - len(fresh)} tensors; initialised (not in the "
               f"checkpoint, or of another shape): {_listed(fresh)}; not used from the checkpoint: {_listed(unused)}",
               flush=True)
         self.model.to(self.device).eval()
         return self
+
+    def fit_model(self) -> nn.Module:
+        """The model to load the checkpoint into."""
+        return self.checkpoint.model(**self.model_settings())
 
     def embed(self, cells: Cells) -> np.ndarray:
         return self.embed_as(cells, None)
@@ -376,6 +382,13 @@ class ScGPT(PretrainedScGPT):
                 "num_batch_labels": len(self.domains), "domain_spec_batchnorm": p.domain_batchnorm,
                 "n_input_bins": p.n_bins, "ecs_threshold": p.ecs_threshold, "explicit_zero_prob": True}
 
+    def fit_model(self) -> nn.Module:
+        """scGPT's model, its DSBN slot filled with scssl's domain norms (``TokenDomainNorm``)."""
+        model = super().fit_model()
+        if self.params.domain_batchnorm:
+            model.dsbn = TokenDomainNorm(model.d_model, len(self.domains))
+        return model
+
     def fit(self, cells: Cells, train: TrainSettings, on_epoch: Callable | None = None) -> "ScGPT":
         """Fine-tune for ``train.epochs``, calling ``on_epoch(self, EpochReport)`` after each (the model in eval
         mode there)."""
@@ -430,43 +443,42 @@ class ScGPT(PretrainedScGPT):
         return loss
 
     def embed(self, cells: Cells) -> np.ndarray:
-        """Each batch's cells with its batch label; a batch not fine-tuned on, by its own statistics."""
+        """Each batch's cells with its batch label; with DSBN, a batch not fine-tuned on by its own statistics over
+        all its cells (the adaptation pass of ``domain_norm``, run only when there is such a batch)."""
         codes = _batch_codes(cells)
+        found = np.unique(codes)
+        labels = {int(code): self.domains.get(int(code), len(self.domains) + i) for i, code in enumerate(found)}
         out = np.empty((cells.n_cells, self.checkpoint.args["embsize"]), dtype=np.float32)
-        for code in np.unique(codes):
-            rows = np.flatnonzero(codes == code)
-            batch = cells.subset(rows)
-            if int(code) in self.domains:
-                out[rows] = self.embed_as(batch, self.domains[int(code)])
-                continue
-            with self.unseen_batch(batch) as label:
-                out[rows] = self.embed_as(batch, label)
+
+        def passes() -> None:
+            for code in found:
+                rows = np.flatnonzero(codes == code)
+                out[rows] = self.embed_as(cells.subset(rows), labels[int(code)])
+
+        if unseen(self.model, torch.as_tensor(list(labels.values()))):
+            with adapting(self.model):
+                passes()
+        passes()
         return out
 
-    @contextlib.contextmanager
-    def unseen_batch(self, cells: Cells):
-        """The batch label for ``cells`` of a batch not fine-tuned on: with DSBN, a BatchNorm of their own
-        statistics (AdaBN; its input is the sum of the gene and value embeddings, as scGPT's ``_encode`` forms it)
-        added to the model inside, dropped after."""
-        if not self.params.domain_batchnorm:
-            yield 0  # the batch label reaches only the decoders
-            return
-        total = squares = count = 0
-        with torch.no_grad(), self.evaluating():
-            for _, genes, values in self.token_batches(cells):
-                h = (self.model.encoder(genes) + self.model.value_encoder(values)).flatten(0, 1)
-                total, squares, count = total + h.sum(0), squares + (h * h).sum(0), count + len(h)
-        norm = nn.BatchNorm1d(self.model.d_model, eps=DSBN_EPS, affine=False).to(self.device)
-        norm.running_mean.copy_(total / count)
-        norm.running_var.copy_((squares / count - (total / count) ** 2).clamp_min(0.0))
-        dsbn = self.model.dsbn
-        dsbn.bns.append(norm)
-        dsbn.num_domains += 1
-        try:
-            yield dsbn.num_domains - 1
-        finally:
-            del dsbn.bns[-1]
-            dsbn.num_domains -= 1
+
+class TokenDomainNorm(nn.Module):
+    """scGPT's DSBN slot (``model.dsbn``) filled with scssl's ``DomainBatchNorm``: scGPT passes a mini-batch of
+    token embeddings (cells x width x tokens) and one batch label, and every token is normalised as scGPT's own
+    ``DomainSpecificBatchNorm1d`` does (eps 6.1e-5, no affine parameters, its statistics over cells and tokens),
+    so that a batch not fine-tuned on is adapted by the same pass as the SSL methods' domain norms."""
+
+    def __init__(self, width: int, n_batches: int):
+        super().__init__()
+        self.norm = DomainBatchNorm(width, eps=DSBN_EPS, affine=False)
+        self.norm.configure(np.arange(n_batches), torch.device("cpu"))
+        self.num_domains = n_batches
+
+    def forward(self, x: torch.Tensor, label: int) -> torch.Tensor:
+        cells, width, tokens = x.shape
+        rows = x.permute(0, 2, 1).reshape(-1, width)
+        codes = torch.full((len(rows),), label, dtype=torch.long, device=x.device)
+        return self.norm(rows, codes).reshape(cells, tokens, width).permute(0, 2, 1)
 
 
 def _batch_codes(cells: Cells) -> np.ndarray:

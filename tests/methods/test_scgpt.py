@@ -106,9 +106,11 @@ def test_a_batch_not_fine_tuned_on_is_normalised_by_its_own_statistics(prepared,
     everything = method.embed(prepared.cells())
     assert np.isfinite(everything).all() and len(method.domains) == 2
     np.testing.assert_allclose(np.linalg.norm(everything, axis=1), 1.0, rtol=1e-5)
-    assert len(method.model.dsbn.bns) == method.model.dsbn.num_domains == 2  # the query's norm was dropped
-    ref = prepared.reference_index
+    assert sorted(method.model.dsbn.norm.norms) == ["0", "1"]  # the query got statistics, not a BatchNorm
+    ref, query = prepared.reference_index, prepared.query_index
     np.testing.assert_array_equal(everything[ref], method.embed(prepared.cells(ref)))
+    # the query by the statistics of all its cells, whichever cells are embedded with it
+    np.testing.assert_allclose(everything[query], method.embed(prepared.cells(query)), rtol=1e-5, atol=1e-6)
 
 
 @needs_scgpt
