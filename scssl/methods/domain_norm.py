@@ -44,18 +44,24 @@ class DomainBatchNorm(nn.Module):
         codes = torch.full((len(h),), -1, device=h.device) if codes is None else codes
         if len(codes) != len(h):
             raise ValueError(f"domain_batchnorm: {len(h)} rows and the batches of {len(codes)} cells")
+        found = codes.unique().tolist()
+        if len(found) == 1:  # one batch (scGPT's mini-batches, a chunk of one donor): no gather and scatter
+            return self._normalise(found[0], h)
         out = torch.empty_like(h)
-        for code in codes.unique().tolist():
+        for code in found:
             rows = codes == code
-            norm = self.norms[str(code)] if str(code) in self.norms else None
-            if norm is not None and (not self.training or rows.sum() > 1):
-                out[rows] = norm(h[rows])
-            elif norm is not None:  # a lone row of its batch in a training step: the batch's running statistics
-                out[rows] = F.batch_norm(h[rows], norm.running_mean, norm.running_var, norm.weight, norm.bias,
-                                         False, 0.0, norm.eps)
-            else:
-                out[rows] = self._unseen(code, h[rows])
+            out[rows] = self._normalise(code, h[rows])
         return out
+
+    def _normalise(self, code: int, h: torch.Tensor) -> torch.Tensor:
+        """Rows ``h``, all of batch ``code``, by that batch's BatchNorm, or as a batch not seen in training."""
+        norm = self.norms[str(code)] if str(code) in self.norms else None
+        if norm is None:
+            return self._unseen(code, h)
+        if not self.training or len(h) > 1:
+            return norm(h)
+        # a lone row of its batch in a training step: the batch's running statistics
+        return F.batch_norm(h, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
 
     def _unseen(self, code: int, h: torch.Tensor) -> torch.Tensor:
         if self._sums is not None:  # first pass: gather, output unused

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from scssl.evaluate.tasks import TASKS
 from scssl.report.figures import results_table_figure, umap_figure
 from scssl.report.html import ReportFigure, write_html
 from scssl.report.runs import cell_metadata, embeddings, log_report, remove_logged, scib_made_with
-from scssl.evaluate.tasks import TASKS
 from scssl.report.tables import Table, benchmark_tables, collect, label, shown
 from scssl.report.tuning import latest_search, tuning_figures, tuning_study
 from scssl.report.formats import markdown
