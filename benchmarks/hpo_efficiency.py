@@ -35,6 +35,9 @@ single validation cell, so whether a seed reaches turns on one cell.
 
     python benchmarks/hpo_efficiency.py --json hpo.json
     python benchmarks/hpo_efficiency.py --method moco --epochs 20 --seeds 0 --trials 20
+
+``--smoke`` runs one seed of both searches for 2 epochs over the grid cut to the first value of each axis, and 2
+TPE trials (a test runs it, so that the script cannot break unnoticed).
 """
 
 from __future__ import annotations
@@ -106,8 +109,9 @@ def tuned_trials(name: str, folder: Path, method: str, epochs: int, tune: dict) 
     return trials
 
 
-def write_grid(folder: Path, method: str) -> int:
-    """``folder/search_spaces/<method>.yaml``, each value list of the grid a ``choice`` axis; its size."""
+def write_grid(folder: Path, method: str, values_per_axis: int | None = None) -> int:
+    """``folder/search_spaces/<method>.yaml``, each value list of the grid (its first ``values_per_axis``) a
+    ``choice`` axis; its size."""
     from scssl.methods import get_method
     from scssl.settings import as_dict
     from scssl.search_space import load_search_space
@@ -118,12 +122,13 @@ def write_grid(folder: Path, method: str) -> int:
         space["method"]["temperature"] = TEMPERATURES
     file = folder / "search_spaces" / f"{method}.yaml"
     file.parent.mkdir(parents=True)
-    file.write_text(yaml.safe_dump(_choices(space)))
+    file.write_text(yaml.safe_dump(_choices(space, values_per_axis)))
     return len(load_search_space(file, cls).grid_points())
 
 
-def _choices(space: dict) -> dict:
-    return {k: _choices(v) if isinstance(v, dict) else {"choice": v} for k, v in space.items()}
+def _choices(space: dict, values_per_axis: int | None) -> dict:
+    return {k: _choices(v, values_per_axis) if isinstance(v, dict) else {"choice": v[:values_per_axis]}
+            for k, v in space.items()}
 
 
 def render(result: dict) -> str:
@@ -167,13 +172,16 @@ def main() -> None:
     parser.add_argument("--reduction-factor", type=int, default=2)
     parser.add_argument("--output-dir", help="folder for the studies (default: a new temporary folder)")
     parser.add_argument("--json", help="write the figures to this JSON file")
+    parser.add_argument("--smoke", action="store_true", help="one seed, 2 epochs, a one-point grid, 2 TPE trials")
     args = parser.parse_args()
+    if args.smoke:
+        args.epochs, args.seeds, args.trials, args.grace_period = 2, [0], 2, 1
 
     out = Path(args.output_dir or tempfile.mkdtemp(prefix="hpo_efficiency_")).resolve()
     if out.exists() and any(out.iterdir()):
         parser.error(f"--output-dir {out} must be empty: its studies are read back whole")
     started = time.perf_counter()
-    grid_size = write_grid(out, args.method)
+    grid_size = write_grid(out, args.method, 1 if args.smoke else None)
     rows = []
     for seed in args.seeds:
         print(f"[hpo] seed {seed}: every grid point for {args.epochs} epochs, in {out}", file=sys.stderr, flush=True)

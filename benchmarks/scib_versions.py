@@ -10,7 +10,8 @@ a venv with scssl installed beside an older (or newer) scib-metrics.
         --json scib_versions.json
 
 Prints a Markdown table (one row per embedding and metric: the two values and their difference) and writes the
-same as JSON.
+same as JSON. ``--smoke`` scores two small synthetic embeddings instead of a study's, under this interpreter twice
+unless ``--python`` names another (a test runs it, so that the script cannot break unnoticed).
 """
 
 from __future__ import annotations
@@ -60,6 +61,19 @@ def write_inputs(experiment_file: str, folder: Path) -> list[Path]:
     return written
 
 
+def write_synthetic_inputs(folder: Path) -> list[Path]:
+    """One ``.npz`` as ``write_inputs`` writes it, of two embeddings of 600 synthetic cells (3 batches, 4 types)."""
+    rng = np.random.default_rng(0)
+    labels, batch = rng.integers(4, size=600), rng.integers(3, size=600)
+    clusters = rng.normal(scale=3.0, size=(4, 10))[labels]
+    arrays = {f"emb:synthetic/{name}": (clusters + rng.normal(scale=scale, size=(600, 10))).astype(np.float32)
+              for name, scale in (("tight", 0.5), ("loose", 2.0))}
+    out = folder / "synthetic.npz"
+    np.savez(out, pre=(clusters + rng.normal(size=(600, 10))).astype(np.float32), batch=np.char.add("b", batch.astype(str)),
+             labels=np.char.add("t", labels.astype(str)), **arrays)
+    return [out]
+
+
 def score(python: str, inputs: list[Path]) -> tuple[str, dict[str, dict[str, float]]]:
     """scssl's scIB scores of every embedding in ``inputs`` under ``python``; returns its scib-metrics version."""
     scores, release = {}, None
@@ -73,12 +87,16 @@ def score(python: str, inputs: list[Path]) -> tuple[str, dict[str, dict[str, flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("experiment", help="the study's experiment YAML (its embeddings are scored)")
-    parser.add_argument("--python", required=True, help="the other interpreter (a venv with scssl installed)")
+    parser.add_argument("experiment", nargs="?", help="the study's experiment YAML (its embeddings are scored)")
+    parser.add_argument("--python", help="the other interpreter (a venv with scssl installed)")
     parser.add_argument("--json", help="write the table as JSON here")
+    parser.add_argument("--smoke", action="store_true", help="two synthetic embeddings instead of a study's")
     args = parser.parse_args()
+    if not args.smoke and (args.experiment is None or args.python is None):
+        parser.error("give the experiment and --python (or --smoke)")
+    args.python = args.python or sys.executable
     with tempfile.TemporaryDirectory() as folder:
-        inputs = write_inputs(args.experiment, Path(folder))
+        inputs = write_synthetic_inputs(Path(folder)) if args.smoke else write_inputs(args.experiment, Path(folder))
         before_release, before = score(args.python, inputs)
         after_release, after = score(sys.executable, inputs)
     rows = [{"embedding": emb, "metric": metric, "before": before[emb][metric], "after": value,

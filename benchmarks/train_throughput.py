@@ -1,28 +1,27 @@
-"""Training throughput of the two-view SSL methods, and how much of a step is not network work.
+"""Training throughput of every network method of the registry, each through its own training step.
 
-For each method whose step is a loss on two augmented views of the matrix alone (the seven generic
-methods and CLEAR; not the MAE, whose masking is its step, nor CLAIRE, which needs its neighbour graph), on a synthetic data set (default 20,000 cells x 4,000 genes, dense and sparse input)
-with the clear_pipeline augmentations:
+On a synthetic data set (default 20,000 cells x 4,000 genes, 4 batches, a quarter non-zero; dense and sparse input),
+each method trains as a study trains it, with the clear_pipeline augmentations where it takes augmentations:
+CLAIRE on its neighbour graph, scCLIP (which needs a second modality) with a synthetic 30-protein panel, the
+others on RNA alone. Per method and input:
 
-- cells_per_s: cells per second over a training epoch of the real loop (mini-batch cut from the
-  matrix, both views augmented on the device, forward, backward, optimiser step, momentum update);
-- bare_cells_per_s: the same model's network work alone on inputs augmented in advance (every
-  forward pass the method needs, target and momentum networks included, the backward pass, the
-  optimiser step and the EMA update), the fastest of as many rounds of 40 steps as there are epochs
-  after the first (the machine's speed drifts, so both figures take the fastest of a few);
-- overhead_ratio = bare_cells_per_s / cells_per_s (full step time over bare network time);
-- rows_ms, augment_ms: what a step does besides the network, timed alone on the same mini-batches:
-  cutting the dense mini-batch from the matrix, and making its two views;
-- peak_rss_mb: the peak resident memory of the process that measured the method;
-- others_cpu: the share of the machine's CPU time that other processes took while it was measured
-  (on a shared machine they slow both figures and make the ratio noisy); with ``--retries N`` a method
-  measured while others took more than 5 % is measured again, up to N times, keeping the quietest.
+- cells_per_s: cells per second over a training epoch of the real loop (``scssl.train.train``: mini-batch
+  gathered from the matrix on the device, the method's own step with its views or masks, backward, optimiser
+  step, momentum update), the fastest epoch after the first;
+- rows_ms: gathering one dense mini-batch from the matrix on the device;
+- step_ms: the method's own step alone on mini-batches gathered in advance (views or masks, forward, backward,
+  optimiser step, ``after_step``), the fastest of a few rounds;
+- loop_overhead = (epoch seconds / steps) / (rows_ms + step_ms): what the loop adds (shuffling, the loss sum);
+- peak_rss_mb: the peak resident memory of the process that measured the method (each in its own process);
+- others_cpu: the share of the machine's CPU time that other processes took while it was measured; with
+  ``--retries N`` a method measured while others took more than 5 % is measured again, up to N times.
 
-Each method runs in its own process so that peak memory is its own. Prints a Markdown table;
-``--json PATH`` also writes the figures (one object per method and input).
+``--device cuda`` measures on a GPU (``--precision bf16`` under bfloat16 autocast); ``--genes 2000 --batch-size
+1024`` is the shape of the 1M cells/s target on an H100. ``--smoke`` runs every method on tiny data (a test runs
+it, so that the script cannot break unnoticed). Prints a Markdown table; ``--json PATH`` also writes the rows.
 
-    python benchmarks/train_throughput.py                 # all methods, dense and sparse
-    python benchmarks/train_throughput.py --methods simclr byol --cells 5000 --device cuda
+    python benchmarks/train_throughput.py --json train_throughput_cpu.json
+    python benchmarks/train_throughput.py --methods simclr mae --cells 200000 --genes 2000 --batch-size 1024 --device cuda
 """
 
 from __future__ import annotations
@@ -35,65 +34,80 @@ import subprocess
 import sys
 import time
 
+SMOKE = ["--cells", "400", "--genes", "60", "--epochs", "2", "--batch-size", "64", "--inputs", "sparse"]
 
-def measure(method: str, sparse: bool, cells: int, genes: int, epochs: int, device: str) -> dict:
+
+def synthetic_cells(cls, cells: int, genes: int, sparse: bool):
+    """Log-normalised synthetic cells with what ``cls`` trains on: batches, a neighbour graph where it needs
+    one, a protein panel where it needs a second modality."""
     import numpy as np
     import scipy.sparse as sp
+
+    from scssl.augment import build_neighbour_graph
+    from scssl.data import Cells, make_synthetic
+
+    data = make_synthetic(n_cells=cells, n_genes=genes, n_batches=4, n_cell_types=10, seed=0)
+    counts = sp.csr_matrix(data.X)
+    X = sp.csr_matrix(counts.multiply(1e4 / counts.sum(axis=1)).log1p(), dtype=np.float32)
+    batches = data.obs["batch"].astype(str).to_numpy()
+    codes = np.unique(batches, return_inverse=True)[1]
+    graph = build_neighbour_graph(X, batches) if cls.needs_neighbours else None
+    protein = None
+    if cls.modality is not None:
+        rng = np.random.default_rng(1)
+        protein = sp.csr_matrix(np.log1p(rng.poisson(5.0, (cells, 30))).astype(np.float32))
+    return Cells(X if sparse else X.toarray(), np.array([f"gene{i}" for i in range(genes)]), codes, graph,
+                 counts=counts, other=protein, other_kind=None if protein is None else "protein")
+
+
+def measure(method: str, sparse: bool, cells: int, genes: int, epochs: int, device: str, batch_size: int,
+            precision: str) -> dict:
     import torch
 
-    from scssl.augment import AugmentationConfig, Augmenter
-    from scssl.data import CellMatrix, make_synthetic
+    from scssl.augment import AugmentationConfig
     from scssl.methods import get_method
-    from scssl.train import TrainSettings, resolve_device, train
+    from scssl.train import TrainSettings, resolve_device, start_training, train
 
-    counts = make_synthetic(n_cells=cells, n_genes=genes, n_batches=4, n_cell_types=10, seed=0).X
-    X = sp.csr_matrix(counts.multiply(1e4 / counts.sum(axis=1)).log1p(), dtype=np.float32)
-    if not sparse:
-        X = X.toarray()
     cls = get_method(method)
-    settings = TrainSettings(epochs=epochs, batch_size=256, device=device)
+    data = synthetic_cells(cls, cells, genes, sparse)
+    settings = TrainSettings(epochs=epochs, batch_size=batch_size, device=device, precision=precision)
     augment = AugmentationConfig()  # clear_pipeline
+    dev = resolve_device(device)
 
     epoch_seconds = []
-    train(cls, cls.Params(), X, settings, augment, seed=0, on_epoch=lambda m, r: epoch_seconds.append(r.seconds))
-    steps = cells // 256
-    cells_per_s = steps * 256 / min(epoch_seconds[1:] or epoch_seconds)
+    train(cls, cls.Params(), data, settings, augment, seed=0, on_epoch=lambda m, r: epoch_seconds.append(r.seconds))
+    steps = cells // batch_size
+    epoch = min(epoch_seconds[1:] or epoch_seconds)
 
-    # The same network work on views augmented in advance.
-    dev = resolve_device(device)
-    torch.manual_seed(0)
-    model = cls(genes, cls.Params()).to(dev).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    matrix, augmenter = CellMatrix(X, dev), Augmenter(augment, dev, seed=0)
-    n_bare = min(steps, 40)
-    batches = [torch.arange(b * 256, (b + 1) * 256, device=dev) for b in range(n_bare)]
-    rows_s = _best_seconds(lambda: (matrix.rows(idx) for idx in batches), dev) / n_bare
-    augment_s = _best_seconds(lambda: (augmenter(matrix.rows(idx)) for idx in batches), dev) / n_bare - rows_s
-    views = [augmenter(matrix.rows(idx)) for idx in batches]
+    training = start_training(cls, cls.Params(), data, settings, augment, seed=0)
+    model = training.model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    batches = list(training.batches(1))[:40]
+    rows = training.uploads[0].rows
+    autocast = torch.autocast(dev.type, torch.bfloat16, enabled=precision == "bf16")
 
-    def network_work(rounds: int) -> None:
-        for _ in range(rounds):
-            for step, (v1, v2) in enumerate(views, start=1):
-                loss = model.loss(v1, v2)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                model.after_step(step, n_bare)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
+    def gather():
+        for batch in batches:
+            yield rows(batch.index)
 
-    network_work(1)  # warm-up
-    rounds = []
-    for _ in range(max(2, epochs - 1)):  # as many as the epochs that count, the fastest as for those
-        started = time.perf_counter()
-        network_work(1)
-        rounds.append(time.perf_counter() - started)
-    bare_cells_per_s = n_bare * 256 / min(rounds)
+    def own_steps():
+        for step, batch in enumerate(batches, start=1):
+            with autocast:
+                loss = model.training_loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            model.after_step(step, len(batches))
+            yield loss
+
+    rows_s = _best_seconds(gather, dev) / len(batches)
+    step_s = _best_seconds(own_steps, dev) / len(batches)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"method": method, "input": "sparse" if sparse else "dense", "cells": cells, "genes": genes,
-            "device": str(dev), "cells_per_s": round(cells_per_s, 1), "bare_cells_per_s": round(bare_cells_per_s, 1),
-            "overhead_ratio": round(bare_cells_per_s / cells_per_s, 3), "rows_ms": round(rows_s * 1e3, 2),
-            "augment_ms": round(augment_s * 1e3, 2), "peak_rss_mb": round(peak, 1)}
+            "batch_size": batch_size, "device": str(dev), "precision": precision,
+            "cells_per_s": round(steps * batch_size / epoch, 1), "rows_ms": round(rows_s * 1e3, 3),
+            "step_ms": round(step_s * 1e3, 3), "loop_overhead": round(epoch / steps / (rows_s + step_s), 3),
+            "peak_rss_mb": round(peak, 1)}
 
 
 def _best_seconds(work, device, repeats: int = 3) -> float:
@@ -111,59 +125,70 @@ def _best_seconds(work, device, repeats: int = 3) -> float:
     return min(times[1:])
 
 
-def main() -> None:
+def network_methods() -> list[str]:
+    from scssl.methods import METHODS
+    from scssl.methods.base import SSLMethod
+
+    return [name for name, cls in METHODS.items() if isinstance(cls, type) and issubclass(cls, SSLMethod)]
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", nargs="*", help="default: every two-view method it can measure")
+    parser.add_argument("--methods", nargs="*", help="default: every network method of the registry")
     parser.add_argument("--inputs", nargs="*", default=["dense", "sparse"], choices=["dense", "sparse"])
     parser.add_argument("--cells", type=int, default=20000)
     parser.add_argument("--genes", type=int, default=4000)
+    parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=4, help="the fastest epoch after the first counts")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="32", choices=["32", "bf16"])
     parser.add_argument("--json", help="write the figures to this JSON file")
     parser.add_argument("--retries", type=int, default=0, help="measure again while other processes were busy")
+    parser.add_argument("--smoke", action="store_true", help="every method on tiny data: " + " ".join(SMOKE))
     parser.add_argument("--one", nargs=2, metavar=("METHOD", "INPUT"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args = parser.parse_args([*(argv or sys.argv[1:]), *SMOKE])
 
     if args.one:
         print(json.dumps(measure(args.one[0], args.one[1] == "sparse", args.cells, args.genes, args.epochs,
-                                 args.device)))
-        return
+                                 args.device, args.batch_size, args.precision)))
+        return []
 
-    from scssl.methods import METHODS
-    from scssl.methods.base import TwoViewMethod
-
-    measurable = [name for name, cls in METHODS.items()
-                  if isinstance(cls, type) and issubclass(cls, TwoViewMethod) and not cls.needs_neighbours]
-    unmeasurable = sorted(set(args.methods or []) - set(measurable))
-    if unmeasurable:
-        parser.error(f"--methods {' '.join(unmeasurable)}: the bare pass times two-view methods that train on "
-                     f"the matrix alone; these can be measured: {', '.join(measurable)}")
-    methods = args.methods or measurable
+    known = network_methods()
+    unknown = sorted(set(args.methods or []) - set(known))
+    if unknown:
+        parser.error(f"--methods {' '.join(unknown)}: not network methods; these are: {', '.join(known)}")
     rows = []
-    for method in methods:
+    for method in args.methods or known:
         for kind in args.inputs:
-            command = [sys.executable, __file__, "--one", method, kind, "--cells", str(args.cells),
-                       "--genes", str(args.genes), "--epochs", str(args.epochs), "--device", args.device]
+            command = [sys.executable, __file__, "--one", method, kind, "--cells", str(args.cells), "--genes",
+                       str(args.genes), "--epochs", str(args.epochs), "--device", args.device, "--batch-size",
+                       str(args.batch_size), "--precision", args.precision]
+            if args.smoke:  # in this process: quicker, and peak memory does not matter here
+                rows.append({**measure(method, kind == "sparse", args.cells, args.genes, args.epochs, args.device,
+                                       args.batch_size, args.precision), "others_cpu": 0.0})
+                continue
             tries = []
             while not tries or (tries[-1]["others_cpu"] > 0.05 and len(tries) <= args.retries):
                 tries.append(_measure_in_child(command))
                 r = tries[-1]
-                print(f"{method} ({kind}): {r['cells_per_s']:.0f} cells/s, bare {r['bare_cells_per_s']:.0f}, "
-                      f"overhead {r['overhead_ratio']:.2f}, others took {r['others_cpu']:.0%} of the CPU",
-                      file=sys.stderr, flush=True)
+                print(f"{method} ({kind}): {r['cells_per_s']:.0f} cells/s, step {r['step_ms']:.2f} ms, "
+                      f"others took {r['others_cpu']:.0%} of the CPU", file=sys.stderr, flush=True)
             rows.append(min(tries, key=lambda r: r["others_cpu"]))
 
-    print(f"\n{args.cells} cells x {args.genes} genes, batch 256, clear_pipeline, device {rows[0]['device']}\n")
-    print("| method | input | cells/s | bare cells/s | overhead_ratio | rows (ms) | augment (ms) | peak RSS (MB) "
-          "| others' CPU |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    first = rows[0]
+    print(f"\n{args.cells} cells x {args.genes} genes, batch {args.batch_size}, clear_pipeline, device "
+          f"{first['device']}, precision {args.precision}\n")
+    print("| method | input | cells/s | rows (ms) | step (ms) | loop overhead | peak RSS (MB) | others' CPU |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['input']} | {r['cells_per_s']:.0f} | {r['bare_cells_per_s']:.0f} | "
-              f"{r['overhead_ratio']:.2f} | {r['rows_ms']:.1f} | {r['augment_ms']:.1f} | {r['peak_rss_mb']:.0f} | "
-              f"{r['others_cpu']:.0%} |")
+        print(f"| {r['method']} | {r['input']} | {r['cells_per_s']:.0f} | {r['rows_ms']:.2f} | {r['step_ms']:.2f} | "
+              f"{r['loop_overhead']:.2f} | {r['peak_rss_mb']:.0f} | {r['others_cpu']:.0%} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
+    return rows
 
 
 def _measure_in_child(command: list[str]) -> dict:

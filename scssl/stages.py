@@ -29,6 +29,9 @@ class TuneSettings:
     ``validation_max_cells``), by the other reference cells. With ``multi_objective`` (the objective that
     maximises cell-type kNN accuracy) the search maximises that and batch mixing and the study reports the
     Pareto front of the two; ASHA then stops trials on the 0.6 / 0.4 score.
+    Each trial and job asks Ray for ``cpus_per_trial`` CPUs, ``gpus_per_trial`` GPUs (a fraction shares one) and
+    ``memory_per_trial_gb`` GiB of memory (unset: estimated for the method and data set, ``trial_memory``), so a
+    node runs only as many as its memory holds.
     A crashing trial is retried up to ``max_retries`` times; a trial whose loss is NaN is not.
     With ``reuse_actors`` a finished trial's worker process runs the next trial, which saves the seconds
     a new worker spends importing torch and scssl; a worker that starts first then takes more of a
@@ -46,6 +49,7 @@ class TuneSettings:
     reduction_factor: Annotated[int, Field(ge=2)] = 2
     cpus_per_trial: Annotated[float, Field(gt=0)] = 1.0
     gpus_per_trial: Annotated[float, Field(ge=0)] = 0.0
+    memory_per_trial_gb: Annotated[float, Field(gt=0)] | None = None
     max_concurrent_trials: Annotated[int, Field(ge=0)] = 0
     reuse_actors: bool = True
     validation_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2

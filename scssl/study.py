@@ -177,7 +177,7 @@ def _run_on_ray(experiment: Experiment, datasets: dict[str, PreparedDataset], di
     stages; returns the failure lines and the study's tracker."""
     import ray
 
-    from scssl.tune.resources import check_resources
+    from scssl.tune.resources import check_resources, trial_memory
     from scssl.tune.retrain import retrain_stage
     from scssl.tune.search import tune_method
     from scssl.evaluate.shared import SharedData
@@ -196,10 +196,13 @@ def _run_on_ray(experiment: Experiment, datasets: dict[str, PreparedDataset], di
         watch(since)
     failures: list[str] = []
     try:
-        check_resources(experiment)
+        pretraining = {spec.label: datasets.get(spec.pretrain) for spec in experiment.datasets}
+        memory = {name: {method: trial_memory(cfg.tune, [ds] + [pretraining[name]] * (pretraining[name] is not None),
+                                              get_method(method)) for method in cfg.methods}
+                  for name, ds in datasets.items()}
+        check_resources(experiment, max(m for per_method in memory.values() for m in per_method.values()))
         tracker = open_study(experiment, lock)
         graphs = experiment.uses_neighbours
-        pretraining = {spec.label: datasets.get(spec.pretrain) for spec in experiment.datasets}
         refs = {name: ray.put(SharedData.build(ds, cfg.tune, graphs, pretraining[name]))
                 for name, ds in datasets.items()}
         if "tune" in stages and cfg.final.retrain != "best":  # nothing to tune
@@ -210,12 +213,13 @@ def _run_on_ray(experiment: Experiment, datasets: dict[str, PreparedDataset], di
             for name in refs:
                 for method in cfg.methods:
                     if experiment.tunes(method):
-                        failures += tune_method(experiment, name, digests[name][method], refs[name], method, tracker)
+                        failures += tune_method(experiment, name, digests[name][method], refs[name], method, tracker,
+                                                memory[name][method])
                     elif get_method(method).trainable:
                         print(f"[tune] {name}/{method}: not tuned: its search space fixes every value, so the "
                               "final stage trains that configuration", flush=True)
         if "retrain" in stages:
-            failures += retrain_stage(experiment, refs, tracker, digests)
+            failures += retrain_stage(experiment, refs, tracker, digests, memory)
     finally:
         ray.shutdown()
     return failures, tracker

@@ -12,13 +12,13 @@ from scssl.augment.config import (
 __getattr__ = lazy_exports(__name__, {
     "neighbours": ["NeighbourGraph", "build_neighbour_graph"],
     "ops": [
-        "Augmenter", "bernoulli_flat", "bernoulli_grid", "crossover", "dropout", "gaussian_noise", "inner_swap", "mix",
+        "Augmenter", "crossover", "dropout", "gaussian_noise", "inner_swap", "mix",
         "negative_binomial_noise", "random_mask",
     ],
 })
 
 __all__ = [
-    "ORDER", "PRESETS", "AugmentationConfig", "Augmenter", "BatchBalancedMixing", "bernoulli_flat", "bernoulli_grid", "CrossOver", "Dropout",
+    "ORDER", "PRESETS", "AugmentationConfig", "Augmenter", "BatchBalancedMixing", "CrossOver", "Dropout",
     "GaussianNoise", "InnerSwap", "Masking", "NegativeBinomialNoise", "NeighbourGraph", "NeighbourMixing",
     "build_neighbour_graph", "crossover", "dropout", "gaussian_noise", "inner_swap", "mix",
     "negative_binomial_noise", "random_mask", "ViewAugmentations",

@@ -1,16 +1,16 @@
 """Augmentations as tensor operations on a whole mini-batch, on its own device.
 
 ``Augmenter`` flips one coin per cell and view for each augmentation; the op then changes only the
-cells that won it, in place in a copy of the mini-batch, and draws random numbers only for what it
-changes (the positions of masked genes, the noise of noisy genes), not for every gene of every cell.
-On a CPU the ``Augmenter`` runs masking, Gaussian noise, InnerSwap and CrossOver as the compiled pass
-of ``rowwise`` instead, which is faster there than these ops.
+cells that won it, in place in a copy of the mini-batch. An op draws its numbers for every gene of every
+cell and keeps the winners': no shape depends on a draw, so a step on a GPU never waits for the device
+(nothing like a count of the winners reaches the host). On a CPU the ``Augmenter`` runs masking, Gaussian
+noise, InnerSwap and CrossOver as the compiled pass of ``rowwise`` instead, which draws only what it changes
+and is faster there than these ops.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -103,143 +103,76 @@ def _helper_threads() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(RandomSource.STREAMS - 1, thread_name_prefix="scssl-random")
 
 
-def _success_columns(n_rows: int, n_cols: int, q: float, rng: RandomSource) -> torch.Tensor:
-    """Per row, the increasing columns of independent Bernoulli(q) successes (q <= 1/2), drawn as geometric
-    gaps: about q x n_cols uniforms per row instead of n_cols. A row's draws past its end are n_cols."""
-    per_chunk = int(q * n_cols + 4 * math.sqrt(n_cols * q * (1 - q)) + 8)
-    inverse_log_miss = 1.0 / math.log1p(-q)
-    columns = None
-    while columns is None or bool((columns[:, -1] < n_cols - 1).any()):  # 4 standard deviations of slack:
-        u = rng.uniform(n_rows, per_chunk).clamp_(min=1e-30)                # rarely more than one chunk
-        gaps = u.log_().mul_(inverse_log_miss).ceil_()  # ceil(log u / log(1 - q)) ~ Geometric(q), >= 1
-        gaps[:, 0] += -1.0 if columns is None else columns[:, -1]
-        columns = gaps.cumsum_(1) if columns is None else torch.cat([columns, gaps.cumsum_(1)], dim=1)
-    return columns.clamp_(max=n_cols).long()
-
-
-def bernoulli_grid(n_rows: int, n_cols: int, rate: float, rng: RandomSource) -> torch.Tensor:
-    """An n_rows x n_cols boolean grid of independent Bernoulli(``rate``) trials, drawn through the
-    rarer outcome's geometric gaps."""
-    q = min(rate, 1.0 - rate)
-    grid = torch.zeros(n_rows, n_cols + 1, dtype=torch.bool, device=rng.device)
-    if q > 0:
-        grid.scatter_(1, _success_columns(n_rows, n_cols, q, rng), True)
-    grid = grid[:, :n_cols]
-    return ~grid if rate > 0.5 else grid
-
-
-def bernoulli_flat(n_cols: int, rate: float, rng: RandomSource, *row_starts: torch.Tensor) -> list[torch.Tensor]:
-    """Independent Bernoulli(``rate``) trials on a len(row_starts) x n_cols grid; for each tensor of
-    row starts given, the flat indices (row start + column) of the successes, and for rates up to 1/2
-    a few of row start + n_cols: the spare draws past a row's end.
-
-    Exact; for rates up to 1/2 only the successes' positions are drawn (geometric gaps), so the cost
-    follows the number of successes rather than the grid. With row starts at least n_cols + 1 apart the
-    spare draws land after the rows, in scratch space (see ``padded_rows``).
-    """
-    n_rows, device = len(row_starts[0]), row_starts[0].device
-    if rate <= 0.0 or n_rows == 0:
-        return [torch.empty(0, dtype=torch.long, device=device) for _ in row_starts]
-    if rate > 0.5:
-        r, c = torch.nonzero(bernoulli_grid(n_rows, n_cols, rate, rng), as_tuple=True)
-        return [starts[r] + c for starts in row_starts]
-    columns = _success_columns(n_rows, n_cols, rate, rng)
-    return [(columns + starts.unsqueeze(1)).view(-1) for starts in row_starts]
-
-
-# Each op below changes ``view`` (cells x genes, rows one after another in memory with scratch space
-# after each row's genes: see ``padded_rows``) in place, in the rows ``rows`` only, and returns it.
-# Spare draws past a row's end land in that scratch space, so nothing has to be filtered out.
-
 def padded_rows(n_rows: int, n_cols: int, dtype=torch.float32, device=None) -> torch.Tensor:
     """An uninitialised n_rows x n_cols tensor whose rows are 64-byte aligned with scratch space after
-    each (at least one element, zero): the layout the ops work in."""
+    each (at least one element, zero): the layout the compiled row-wise pass writes (``rowwise``)."""
     width = (n_cols + 16) // 16 * 16
     rows = torch.empty(n_rows, width, dtype=dtype, device=device)
     rows[:, n_cols:] = 0.0
     return rows[:, :n_cols]
 
 
-def _storage(view: torch.Tensor) -> torch.Tensor:
-    """``view``'s rows with their scratch space, one after another: what flat indices address."""
-    if view.stride(1) != 1 or view.stride(0) <= view.shape[1]:
-        raise ValueError("the ops need rows with scratch space after them (see padded_rows)")
-    return view.as_strided((len(view) * view.stride(0),), (1,))
+# Each op below changes ``view`` (cells x genes) in place, in the cells that won their coin only (``won``: one
+# bool per row), and returns it. Every op draws its random numbers for the whole view and keeps those of the
+# winners, so no shape depends on the draws: on a GPU nothing waits for the device to know how many won.
+
+def random_mask(view: torch.Tensor, won: torch.Tensor, rate: float, rng: RandomSource) -> torch.Tensor:
+    """Zero each gene of each winning cell with probability ``rate``."""
+    hidden = rng.uniform(*view.shape) < rate
+    return view.masked_fill_(hidden & won.unsqueeze(1), 0.0)
 
 
-def random_mask(view: torch.Tensor, rows: torch.Tensor, rate: float, rng: RandomSource) -> torch.Tensor:
-    """Zero each gene of each cell with probability ``rate``."""
-    [flat] = bernoulli_flat(view.shape[1], rate, rng, rows * view.stride(0))
-    _storage(view).index_fill_(0, flat, 0.0)
-    return view
+def gaussian_noise(view: torch.Tensor, won: torch.Tensor, sigma: float, rate: float, rng: RandomSource):
+    """Add N(0, sigma^2) to each gene of each winning cell with probability ``rate``."""
+    noisy = (rng.uniform(*view.shape) < rate) & won.unsqueeze(1)
+    return view.addcmul_(rng.normal(*view.shape).to(view.dtype), noisy.to(view.dtype), value=sigma)
 
 
-def gaussian_noise(view: torch.Tensor, rows: torch.Tensor, sigma: float, rate: float, rng: RandomSource):
-    """Add N(0, sigma^2) to each gene of each cell with probability ``rate``."""
-    n_genes = view.shape[1]
-    if rate > 0.5:  # most genes get noise: draw it for the whole rows, zero it where the rest lies
-        noise = rng.normal(len(rows), n_genes + 1).to(view.dtype)
-        noise_starts = torch.arange(len(rows), device=view.device) * (n_genes + 1)
-        [quiet] = bernoulli_flat(n_genes, 1.0 - rate, rng, noise_starts)
-        noise.view(-1).index_fill_(0, quiet, 0.0)
-        return view.index_add_(0, rows, noise[:, :n_genes], alpha=sigma)
-    [flat] = bernoulli_flat(n_genes, rate, rng, rows * view.stride(0))
-    _storage(view).index_add_(0, flat, rng.normal(len(flat)).to(view.dtype), alpha=sigma)
-    return view
-
-
-def inner_swap(view: torch.Tensor, rows: torch.Tensor, rate: float, rng: RandomSource) -> torch.Tensor:
-    """Swap the values of int(rate x genes / 2) random gene pairs in each cell, as scSSL-Bench.
+def inner_swap(view: torch.Tensor, won: torch.Tensor, rate: float, rng: RandomSource) -> torch.Tensor:
+    """Swap the values of int(rate x genes / 2) random gene pairs in each winning cell, as scSSL-Bench.
 
     Pairs are drawn with replacement, as in the study; a pair that shares a gene with another pair is
     dropped, so the values of a cell are permuted and slightly fewer than rate x genes move.
     """
     n_genes = view.shape[1]
     n_pairs = int(n_genes * rate // 2)
-    if n_pairs == 0 or len(rows) == 0:
+    if n_pairs == 0 or len(view) == 0:
         return view
-    genes = rng.integers(0, n_genes, len(rows), 2 * n_pairs)
-    draws = torch.zeros(len(rows), n_genes, dtype=torch.uint8, device=view.device)
+    genes = rng.integers(0, n_genes, len(view), 2 * n_pairs)
+    draws = torch.zeros(len(view), n_genes, dtype=torch.uint8, device=view.device)
     draws.scatter_add_(1, genes, torch.ones_like(genes, dtype=torch.uint8))
     repeated = draws.gather(1, genes) > 1
-    dropped = repeated[:, :n_pairs] | repeated[:, n_pairs:]
-    genes += (rows * view.stride(0)).unsqueeze(1)
+    dropped = repeated[:, :n_pairs] | repeated[:, n_pairs:] | ~won.unsqueeze(1)
     first, second = genes[:, :n_pairs], genes[:, n_pairs:]
     second.copy_(torch.where(dropped, first, second))  # a dropped pair swaps a gene with itself
-    flat = _storage(view)
-    flat.index_copy_(0, genes.view(-1), flat.index_select(0, genes.roll(n_pairs, dims=1).view(-1)))
-    return view
+    return view.scatter_(1, genes, view.gather(1, genes.roll(n_pairs, dims=1)))
 
 
-def crossover(view: torch.Tensor, rows: torch.Tensor, source: torch.Tensor, donors: torch.Tensor, rate: float,
+def crossover(view: torch.Tensor, won: torch.Tensor, source: torch.Tensor, donors: torch.Tensor, rate: float,
               rng: RandomSource) -> torch.Tensor:
-    """Take each gene of cell ``rows[i]`` from row ``donors[i]`` of ``source`` (cells x genes) with
+    """Take each gene of each winning cell ``i`` from row ``donors[i]`` of ``source`` (cells x genes) with
     probability ``rate``."""
-    n_genes = view.shape[1]
-    flat, from_flat = bernoulli_flat(n_genes, rate, rng, rows * view.stride(0), donors * n_genes)
-    # a spare draw copies the next source row's first gene (clamped on the last row) into scratch space
-    _storage(view).index_copy_(0, flat, source.reshape(-1).index_select(0, from_flat.clamp_(max=source.numel() - 1)))
-    return view
+    taken = (rng.uniform(*view.shape) < rate) & won.unsqueeze(1)
+    return view.copy_(torch.where(taken, source.index_select(0, donors), view))
 
 
-def dropout(view: torch.Tensor, rows: torch.Tensor, rate: float, rng: RandomSource) -> torch.Tensor:
+def dropout(view: torch.Tensor, won: torch.Tensor, rate: float, rng: RandomSource) -> torch.Tensor:
     """Zero each gene with probability ``rate`` and rescale the others by 1 / (1 - rate) (Richter et al.)."""
-    view[rows] = view[rows] / (1.0 - rate)
-    return random_mask(view, rows, rate, rng)
+    view.mul_(torch.where(won, 1.0 / (1.0 - rate), 1.0).to(view.dtype).unsqueeze(1))
+    return random_mask(view, won, rate, rng)
 
 
-def negative_binomial_noise(view: torch.Tensor, rows: torch.Tensor, intensity: float, rng: RandomSource,
+def negative_binomial_noise(view: torch.Tensor, won: torch.Tensor, intensity: float, rng: RandomSource,
                             total_count: int = 10) -> torch.Tensor:
     """Add log1p of NB(total_count, p ~ U(0, 1)) counts normalised to 1e4 per cell, times ``intensity``
     (Richter et al.). NB is drawn as Poisson(Gamma(total_count, p / (1 - p))), the Gamma as a sum of
     ``total_count`` exponentials, so that every draw comes from ``rng``."""
-    x = view[rows]
-    p = rng.uniform(*x.shape).to(x.dtype).clamp(max=0.999)
-    exponentials = -torch.log(rng.uniform(total_count, *x.shape).to(x.dtype).clamp(min=1e-12)).sum(dim=0)
+    p = rng.uniform(*view.shape).to(view.dtype).clamp(max=0.999)
+    exponentials = -torch.log(rng.uniform(total_count, *view.shape).to(view.dtype).clamp(min=1e-12)).sum(dim=0)
     counts = rng.poisson(exponentials * p / (1 - p))
     normalised = counts / counts.sum(dim=1, keepdim=True).clamp(min=1.0) * 1e4
-    view[rows] = (x + intensity * torch.log1p(normalised)).clamp(min=0.0)
-    return view
+    noisy = (view + intensity * torch.log1p(normalised)).clamp(min=0.0)
+    return view.copy_(torch.where(won.unsqueeze(1), noisy, view))
 
 
 def mix(x: torch.Tensor, partner: torch.Tensor, alpha: float, mode: str, rng: RandomSource) -> torch.Tensor:
@@ -288,7 +221,7 @@ class Augmenter:
         c = self.config
         inputs = [x, x]
         if c.bbknn.prob > 0:
-            inputs = [self._some(v, c.bbknn.prob, lambda v, s: self._mix_with(v, self._balanced(idx[s]), c.bbknn))
+            inputs = [self._some(v, c.bbknn.prob, lambda v: self._mix_with(v, self._balanced(idx), c.bbknn))
                       for v in inputs]
         if c.mnn.prob > 0:
             inputs = self._mnn(inputs, idx)
@@ -304,10 +237,10 @@ class Augmenter:
             self._row_wise_compiled(views, inputs)
         else:
             self._row_wise_ops(views, inputs)
-        if (rows := self._coin(2 * n, c.negbin_noise.prob)) is not None:
-            negative_binomial_noise(views, rows, c.negbin_noise.intensity, rng)
-        if (rows := self._coin(2 * n, c.dropout.prob)) is not None:
-            dropout(views, rows, c.dropout.rate, rng)
+        if (won := self._coin(2 * n, c.negbin_noise.prob)) is not None:
+            negative_binomial_noise(views, won, c.negbin_noise.intensity, rng)
+        if (won := self._coin(2 * n, c.dropout.prob)) is not None:
+            dropout(views, won, c.dropout.rate, rng)
         return views[:n], views[n:]
 
     def _row_wise_compiled(self, views: torch.Tensor, inputs: list[torch.Tensor]) -> None:
@@ -326,30 +259,28 @@ class Augmenter:
         n = len(inputs[0])
         views[:n] = inputs[0]
         views[n:] = inputs[1]
-        if (rows := self._coin(2 * n, c.masking.prob)) is not None:
-            random_mask(views, rows, c.masking.rate, rng)
-        if (rows := self._coin(2 * n, c.gaussian_noise.prob)) is not None:
-            gaussian_noise(views, rows, c.gaussian_noise.sigma, c.gaussian_noise.rate, rng)
-        if (rows := self._coin(2 * n, c.inner_swap.prob)) is not None:
-            inner_swap(views, rows, c.inner_swap.rate, rng)
-        if n > 1 and (rows := self._coin(2 * n, c.crossover.prob)) is not None:
-            source, donors = self._donors(inputs, rows)
-            crossover(views, rows, source, donors, c.crossover.rate, rng)
+        if (won := self._coin(2 * n, c.masking.prob)) is not None:
+            random_mask(views, won, c.masking.rate, rng)
+        if (won := self._coin(2 * n, c.gaussian_noise.prob)) is not None:
+            gaussian_noise(views, won, c.gaussian_noise.sigma, c.gaussian_noise.rate, rng)
+        if (won := self._coin(2 * n, c.inner_swap.prob)) is not None:
+            inner_swap(views, won, c.inner_swap.rate, rng)
+        if n > 1 and (won := self._coin(2 * n, c.crossover.prob)) is not None:
+            source, donors = self._donors(inputs, torch.arange(2 * n, device=self.device))
+            crossover(views, won, source, donors, c.crossover.rate, rng)
 
     def _coin(self, n: int, prob: float) -> torch.Tensor | None:
-        """The positions of the cells that win a coin flip of probability ``prob``; None when none can."""
+        """Per cell, whether it wins a coin flip of probability ``prob``; None when none can."""
         if prob <= 0.0:
             return None
         if prob >= 1.0:
-            return torch.arange(n, device=self.device)
-        return torch.nonzero(self.random.uniform(n) < prob).squeeze(1)
+            return torch.ones(n, dtype=torch.bool, device=self.device)
+        return self.random.uniform(n) < prob
 
     def _coin_flags(self, n: int, prob: float) -> np.ndarray:
         """Per position, whether it wins a coin flip of probability ``prob`` (CPU)."""
-        flags = np.zeros(n, dtype=bool)
-        if (rows := self._coin(n, prob)) is not None:
-            flags[rows.numpy()] = True
-        return flags
+        won = self._coin(n, prob)
+        return np.zeros(n, dtype=bool) if won is None else won.numpy()
 
     def _donors(self, inputs: list[torch.Tensor], rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For each of ``rows`` (of the stacked views), another uniformly random cell of the mini-batch, as
@@ -362,13 +293,9 @@ class Augmenter:
         return torch.cat(inputs), others + rows - cells
 
     def _some(self, x: torch.Tensor, prob: float, op) -> torch.Tensor:
-        """A copy of ``x`` with ``op(cells, their positions)`` applied to the cells that win the coin flip."""
-        rows = self._coin(len(x), prob)
-        if rows is None:
-            return x
-        out = x.clone()
-        out[rows] = op(x[rows], rows)
-        return out
+        """``x`` with ``op(x)`` in the cells that win the coin flip."""
+        won = self._coin(len(x), prob)
+        return x if won is None else torch.where(won.unsqueeze(1), op(x), x)
 
     def _pick(self, candidates: torch.Tensor, counts: torch.Tensor | int) -> torch.Tensor:
         """One uniformly random column per row among the first ``counts`` of ``candidates``."""
@@ -390,13 +317,9 @@ class Augmenter:
         """CLAIRE-style: view 1 mixes the cell with a within-batch neighbour; view 2 mixes one of the cell's
         MNN partners (the cell itself when it has none) with that partner's within-batch neighbour."""
         s = self.config.mnn
-        chosen = self._coin(len(idx), s.prob)
-        if len(chosen) == 0:
-            return views
-        cells = idx[chosen]
-        count = self.mnn_count[cells]
-        partner = torch.where(count > 0, self._pick(self.mnn[cells], count.clamp(min=1)), cells)
-        first, second = views[0].clone(), views[1].clone()
-        first[chosen] = self._mix_with(views[0][chosen], self._within(cells, s.knn), s)
-        second[chosen] = self._mix_with(self.rows(partner), self._within(partner, s.knn), s)
-        return [first, second]
+        won = self._coin(len(idx), s.prob).unsqueeze(1)
+        count = self.mnn_count[idx]
+        partner = torch.where(count > 0, self._pick(self.mnn[idx], count.clamp(min=1)), idx)
+        first = self._mix_with(views[0], self._within(idx, s.knn), s)
+        second = self._mix_with(self.rows(partner), self._within(partner, s.knn), s)
+        return [torch.where(won, first, views[0]), torch.where(won, second, views[1])]

@@ -1,9 +1,9 @@
 """Cells as methods see them (``Cells``), and on the training device, cut into dense float32 mini-batches
-(``CellMatrix``)."""
+(``CellMatrix``); ``RowsOf``: rows of a matrix held once, cut without a copy."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -14,17 +14,58 @@ if TYPE_CHECKING:
     from scssl.augment import NeighbourGraph
 
 
+@dataclass(frozen=True)
+class RowsOf:
+    """The rows ``index`` of ``matrix``, a matrix held once (a data set's, read without a copy from Ray's object store
+    by every trial of a node) and gathered only a mini-batch at a time: a trial cuts its cells without copying them.
+    Indexing cuts the index, not the matrix; ``materialised`` copies the rows into a matrix of their own, for a
+    method that reads whole matrices."""
+
+    matrix: np.ndarray | sp.csr_matrix
+    index: np.ndarray
+
+    @classmethod
+    def of(cls, matrix, rows: np.ndarray) -> "RowsOf":
+        """``matrix``'s ``rows`` (an index or a mask), without a copy of the matrix."""
+        if isinstance(matrix, RowsOf):
+            return matrix[rows]
+        return cls(matrix, np.arange(matrix.shape[0])[rows])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.index), self.matrix.shape[1]
+
+    def __getitem__(self, rows) -> "RowsOf":
+        return RowsOf(self.matrix, self.index[rows])
+
+    def materialised(self) -> np.ndarray | sp.csr_matrix:
+        return self.matrix[self.index]
+
+
+def materialised(matrix):
+    """``matrix`` as a matrix of its own (a ``RowsOf`` copied out; None and matrices as they are)."""
+    return matrix.materialised() if isinstance(matrix, RowsOf) else matrix
+
+
 class CellMatrix:
     """A cells x genes matrix held on ``device``; ``rows(idx)`` returns a dense mini-batch.
 
-    A sparse matrix stays sparse on the device (CSR arrays) and only the selected rows are
-    densified, so a large data set never exists densely in memory. On a CPU scipy densifies them: its
-    compiled row loop is several times faster than the index operations that do it on a GPU.
+    A sparse matrix stays sparse on the device (CSR arrays, int32 column indices) and only the selected rows
+    are densified, so a large data set never exists densely in memory. On a CPU scipy densifies them: its
+    compiled row loop is several times faster than the index operations that do it elsewhere. On a GPU
+    ``gather_rows`` does it without waiting for the device. Of ``RowsOf`` a CPU holds the whole matrix as it is
+    (no copy) and maps each mini-batch's rows through the index; a GPU holds the whole matrix too (the copy on
+    the device is the trial's own anyway).
     """
 
-    def __init__(self, X: np.ndarray | sp.spmatrix, device: torch.device | str = "cpu"):
+    def __init__(self, X: np.ndarray | sp.spmatrix | RowsOf, device: torch.device | str = "cpu"):
+        self.source = X  # what was uploaded: a later user of the same matrix on the device takes this copy
         self.device = torch.device(device)
         self.n_cells, self.n_genes = X.shape
+        self._index = None
+        if isinstance(X, RowsOf):
+            self._index = torch.as_tensor(X.index, dtype=torch.long, device=self.device)
+            X = X.matrix
         self.sparse = sp.issparse(X)
         self._csr = None
         if self.sparse and self.device.type == "cpu":
@@ -32,31 +73,51 @@ class CellMatrix:
         elif self.sparse:
             X = sp.csr_matrix(X, dtype=np.float32)
             self._indptr = torch.as_tensor(X.indptr.astype(np.int64), device=self.device)
-            self._indices = torch.as_tensor(X.indices.astype(np.int64), device=self.device)
+            self._indices = torch.as_tensor(X.indices.astype(np.int32), device=self.device)
             self._values = torch.as_tensor(X.data, device=self.device)
+            self._widest = int(np.diff(X.indptr).max(initial=0))  # known here, so no step asks the device
         else:
             self._dense = torch.as_tensor(np.asarray(X, dtype=np.float32), device=self.device)
 
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        if self._index is not None:
+            idx = self._index[idx]
         if not self.sparse:
             return self._dense.index_select(0, idx)  # a third of the time of self._dense[idx] on a CPU
         if self._csr is not None:
             return torch.from_numpy(self._csr[idx.numpy()].toarray())
-        starts = self._indptr[idx]
-        counts = self._indptr[idx + 1] - starts
-        nnz = int(counts.sum())
-        # position in the CSR arrays of each stored value of the selected rows, and its row in the batch
-        shift = torch.repeat_interleave(starts - (torch.cumsum(counts, 0) - counts), counts, output_size=nnz)
-        pos = torch.arange(nnz, device=self.device) + shift
-        row = torch.repeat_interleave(torch.arange(len(idx), device=self.device), counts, output_size=nnz)
-        out = torch.zeros(len(idx), self.n_genes, device=self.device)
-        out.view(-1).index_put_((row * self.n_genes + self._indices[pos],), self._values[pos])
-        return out
+        return gather_rows(self._indptr, self._indices, self._values, self._widest, idx, self.n_genes)
 
     def batches(self, batch_size: int):
         """Consecutive dense mini-batches over all cells, in order (for embedding)."""
         for start in range(0, self.n_cells, batch_size):
             yield self.rows(torch.arange(start, min(start + batch_size, self.n_cells), device=self.device))
+
+
+def device_bytes(X: np.ndarray | sp.spmatrix | RowsOf) -> int:
+    """Bytes a ``CellMatrix`` of ``X`` holds on a GPU: CSR values float32, int32 column indices, int64 row pointers,
+    the ``RowsOf`` index int64; a dense matrix float32."""
+    index = 0
+    if isinstance(X, RowsOf):
+        X, index = X.matrix, 8 * len(X.index)
+    if sp.issparse(X):
+        return index + 8 * X.nnz + 8 * (X.shape[0] + 1)
+    return index + 4 * X.shape[0] * X.shape[1]
+
+
+def gather_rows(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, widest: int, idx: torch.Tensor,
+                n_cols: int) -> torch.Tensor:
+    """Rows ``idx`` of a CSR matrix (its arrays as tensors; ``widest``: its most stored values in a row) as a dense
+    float32 tensor. Each row reads ``widest`` slots, those past its own values adding zero to column 0: the
+    shapes never depend on the data, so nothing waits for the device (as a total count of values would)."""
+    starts = indptr[idx]
+    counts = indptr[idx + 1] - starts
+    slot = torch.arange(widest, device=idx.device)
+    stored = slot < counts.unsqueeze(1)
+    position = torch.where(stored, starts.unsqueeze(1) + slot, 0)
+    columns = torch.where(stored, indices[position].long(), 0)
+    out = torch.zeros(len(idx), n_cols, dtype=values.dtype, device=idx.device)
+    return out.scatter_add_(1, columns, torch.where(stored, values[position], 0.0))
 
 
 @dataclass
@@ -88,29 +149,39 @@ class Cells:
     def n_cells(self) -> int:
         return self.X.shape[0]
 
-    def subset(self, rows: np.ndarray) -> "Cells":
-        """These cells' ``rows``, without a graph (its rows would no longer match)."""
+    def subset(self, rows: np.ndarray, shared: bool = False) -> "Cells":
+        """These cells' ``rows``, without a graph (its rows would no longer match); with ``shared`` the matrices'
+        rows are not copied but indexed (``RowsOf``), for a method that gathers its mini-batches by index."""
 
-        def cut(matrix):
-            return None if matrix is None else matrix[rows]
+        def cut(values):
+            return None if values is None else values[rows]
 
-        return Cells(self.X[rows], self.genes, cut(self.batch_codes), None, cut(self.counts), cut(self.other),
-                     cut(self.other_counts), self.other_kind, cut(self.other_observed), cut(self.labels))
+        def cut_matrix(matrix):
+            return RowsOf.of(matrix, rows) if shared and matrix is not None else cut(matrix)
+
+        return Cells(cut_matrix(self.X), self.genes, cut(self.batch_codes), None, cut_matrix(self.counts),
+                     cut_matrix(self.other), cut_matrix(self.other_counts), self.other_kind, cut(self.other_observed),
+                     cut(self.labels))
+
+    def materialised(self) -> "Cells":
+        """These cells with matrices of their own (``RowsOf`` copied out), for a method that reads whole matrices."""
+        return replace(self, X=materialised(self.X), counts=materialised(self.counts), other=materialised(self.other),
+                       other_counts=materialised(self.other_counts))
 
     def with_rna_only(self, extra: "Cells") -> "Cells":
         """These cells followed by ``extra``, cells measured by RNA alone (same genes): their second modality
-        zero and marked unobserved, their labels unknown; without a graph."""
-        n = extra.n_cells
+        zero and marked unobserved, their labels unknown; without a graph (a copy: matrices of their own)."""
+        cells, extra, n = self.materialised(), extra.materialised(), extra.n_cells
 
         def zeros(matrix):
             if matrix is None:
                 return None
             return sp.vstack([matrix, sp.csr_matrix((n, matrix.shape[1]), dtype=matrix.dtype)]).tocsr()
 
-        counts = None if self.counts is None else sp.vstack([self.counts, extra.counts]).tocsr()
-        observed = np.ones(self.n_cells, bool) if self.other_observed is None else self.other_observed
-        return Cells(sp.vstack([self.X, extra.X]).tocsr(), self.genes,
-                     np.concatenate([self.batch_codes, extra.batch_codes]), None,
-                     counts, zeros(self.other), zeros(self.other_counts),
-                     self.other_kind, np.concatenate([observed, np.zeros(n, bool)]),
-                     None if self.labels is None else np.concatenate([self.labels, np.full(n, -1)]))
+        counts = None if cells.counts is None else sp.vstack([cells.counts, extra.counts]).tocsr()
+        observed = np.ones(cells.n_cells, bool) if cells.other_observed is None else cells.other_observed
+        return Cells(sp.vstack([cells.X, extra.X]).tocsr(), cells.genes,
+                     np.concatenate([cells.batch_codes, extra.batch_codes]), None,
+                     counts, zeros(cells.other), zeros(cells.other_counts),
+                     cells.other_kind, np.concatenate([observed, np.zeros(n, bool)]),
+                     None if cells.labels is None else np.concatenate([cells.labels, np.full(n, -1)]))

@@ -125,15 +125,26 @@ class PreparedDataset:
             return self.fingerprint
         return _sha([], [[self.fingerprint, *(f"{name}={self.input_fingerprints[name]}" for name in sorted(inputs))]])
 
-    def cells(self, rows: np.ndarray | None = None, inputs: Iterable[str] = INPUTS) -> Cells:
+    def nbytes(self, inputs: Iterable[str] = ()) -> int:
+        """Bytes of the matrices a method that reads ``inputs`` (of ``INPUTS``) reads: the normalised data, the
+        second modality as a network sees it, and the raw counts named."""
+        inputs = set(inputs)
+        matrices = [self.X, None if self.counts is None or "counts" not in inputs else self.counts]
+        if self.other is not None:
+            matrices += [self.other.X, self.other.counts if "other_counts" in inputs else None]
+        return sum(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes if sp.issparse(m) else m.nbytes
+                   for m in matrices if m is not None)
+
+    def cells(self, rows: np.ndarray | None = None, inputs: Iterable[str] = INPUTS, shared: bool = False) -> Cells:
         """The data set's cells (or its ``rows``) as a method that reads ``inputs`` (of ``INPUTS``, besides the
-        normalised data) trains on or embeds them: raw counts no method reads are never cut."""
+        normalised data) trains on or embeds them: raw counts no method reads are never cut. With ``shared`` the
+        rows are indexed, not copied (``RowsOf``: for a method that ``gathers_rows``)."""
         other, inputs = self.other, set(inputs)
         cells = Cells(self.X, self.genes, self.batch_codes, counts=self.counts if "counts" in inputs else None,
                       other=None if other is None else other.X,
                       other_counts=None if other is None or "other_counts" not in inputs else other.counts,
                       other_kind=None if other is None else other.kind)
-        return cells if rows is None else cells.subset(rows)
+        return cells if rows is None else cells.subset(rows, shared)
 
     def to_anndata(self) -> ad.AnnData:
         """The preprocessed cells, with the user's own key names for batch and label."""

@@ -59,13 +59,13 @@ class SharedData:
         return cls(dataset, is_validation, pre, graph(dataset, reference), graph(dataset), pretrain,
                    graph(pretrain) if pretrain is not None else None)
 
-    def cells(self, rows: np.ndarray | None = None, inputs: Iterable[str] = INPUTS) -> Cells:
+    def cells(self, rows: np.ndarray | None = None, inputs: Iterable[str] = INPUTS, shared: bool = False) -> Cells:
         """This data set's cells (or its ``rows``) as the tasks embed them. In a transfer, their batch codes
         follow the pretraining set's (a method that looks batches up by code, scVI's covariate or
         domain-specific BatchNorm, sees them as batches it was not trained on); where the pretraining data
         set lacks this one's second modality (none, or another kind or panel), their RNA alone: the model has
-        no encoder for that modality."""
-        cells = self.dataset.cells(rows, inputs)
+        no encoder for that modality. ``shared``: rows indexed, not copied, as ``PreparedDataset.cells``."""
+        cells = self.dataset.cells(rows, inputs, shared)
         if self.pretrain is not None:  # its batches are not the pretraining set's batches of the same codes
             cells = replace(cells, batch_codes=cells.batch_codes + len(self.pretrain.obs["batch"].cat.categories))
         mine, theirs = self.dataset.other, None if self.pretrain is None else self.pretrain.other
@@ -75,12 +75,12 @@ class SharedData:
         return cells
 
     def training_data(self, cells: str, rna_only: bool = False, validating: bool = False,
-                      inputs: Iterable[str] = INPUTS) -> Cells:
+                      inputs: Iterable[str] = INPUTS, shared: bool = False) -> Cells:
         """The ``reference`` cells or ``all`` cells as a method that reads ``inputs`` trains on them (``cells``), with
         their labels; with a pretraining data set, all of its cells whatever the task. With ``rna_only`` (a method
         that can use them), mosaic data's RNA-only cells of the same batches follow. ``validating`` (a trial, which
         scores the validation cells by kNN) hides the validation cells' labels from a method that learns from
-        them."""
+        them. With ``shared`` (a method that ``gathers_rows``) the reference cells' rows are indexed, not copied."""
         if self.pretrain is not None:
             ds, rows, graph = self.pretrain, None, self.pretrain_graph
         elif cells == "all":
@@ -90,7 +90,7 @@ class SharedData:
         labels = ds.label_codes if rows is None else ds.label_codes[rows]
         if validating and ds is self.dataset and cells == "reference":
             labels = np.where(self.is_validation, -1, labels)
-        data = replace(ds.cells(rows, inputs), graph=graph, labels=labels)
+        data = replace(ds.cells(rows, inputs, shared), graph=graph, labels=labels)
         extra = ds.rna_only
         if not rna_only or extra is None:
             return data
@@ -100,10 +100,11 @@ class SharedData:
     def trial_data(self, method: type) -> tuple[Cells, Cells]:
         """A tuning trial's training cells (the reference, validation labels hidden; in a transfer the pretraining
         cells) and the reference cells it embeds after each epoch, cut once where they are the same rows."""
-        data = self.training_data("reference", method.uses_rna_only, validating=True, inputs=method.inputs)
+        data = self.training_data("reference", method.uses_rna_only, validating=True, inputs=method.inputs,
+                                  shared=method.gathers_rows)
         if self.pretrain is None and data.n_cells == len(self.dataset.reference_index):
             return data, replace(data, graph=None, labels=None)
-        return data, self.cells(self.dataset.reference_index, method.inputs)
+        return data, self.cells(self.dataset.reference_index, method.inputs, method.gathers_rows)
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ class TaskInputs:
 def fit_method(shared: SharedData, inputs: TaskInputs, cells: str):
     """The method fitted on the ``reference`` or ``all`` cells; the time it took counts as training."""
     trial, started, method = inputs.trial, time.perf_counter(), get_method(inputs.method)
-    data = shared.training_data(cells, method.uses_rna_only, inputs=method.inputs)
+    data = shared.training_data(cells, method.uses_rna_only, inputs=method.inputs, shared=method.gathers_rows)
     model = fit(inputs.method, trial.params, data, trial.train, trial.augment, inputs.seed)
     inputs.timings["train_seconds"] += time.perf_counter() - started
     return model

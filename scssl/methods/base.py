@@ -283,6 +283,9 @@ class SSLMethod(nn.Module):
     needs_neighbours: ClassVar[bool] = False  # trains on the cells' NeighbourGraph whatever its augmentations
     inputs: ClassVar[frozenset[str]] = frozenset()  # what it reads besides the normalised data (``INPUTS``)
     encoder_output_activation: ClassVar[bool] = False  # the encoder ends in its activation (CLEAR, CLAIRE)
+    # reads its cells a mini-batch of rows at a time (``CellMatrix``), so a trial's cells may be rows of the data
+    # set's matrices held once per node (``RowsOf``) rather than a copy
+    gathers_rows: ClassVar[bool] = True
 
     def __init__(self, n_genes: int, params: EncoderParams, n_other: int = 0):
         super().__init__()
@@ -432,6 +435,7 @@ class FittedMethod:
     uses_rna_only: ClassVar[bool] = False
     needs_neighbours: ClassVar[bool] = False
     inputs: ClassVar[frozenset[str]] = frozenset()
+    gathers_rows: ClassVar[bool] = False  # reads whole matrices: its cells are copies of their own
 
     def __init__(self, params: Any = None, seed: int = 0):
         self.params = params

@@ -121,7 +121,7 @@ class CLAIRE(CLEAR):
         mixing = ViewAugmentations(preset="base", mnn={"prob": 1.0, "alpha": p.alpha, "knn": p.knn, "mode": p.mix})
         self.augmenter = Augmenter(mixing, self.device, seed, rows=self.rows,
                                    graph=dataclasses.replace(self.graph, mnn=partners))
-        self.anchors = torch.nonzero(self.augmenter.mnn_count > 0).squeeze(1)
+        self.anchors = torch.as_tensor(np.flatnonzero((partners >= 0).any(axis=1)), device=self.device)
         if len(self.anchors) == 0:
             raise ValueError("claire: no cell has a mutual nearest neighbour in another batch left to train on")
 

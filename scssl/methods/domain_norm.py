@@ -31,6 +31,7 @@ class DomainBatchNorm(nn.Module):
         self.norms = nn.ModuleDict()
         self.adapted: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # unseen batch -> (mean, var)
         self._sums: dict[int, list] | None = None  # gathering unseen batches' statistics (``adapting``)
+        self._slot_key, self._slot_lookup = None, None  # ``_slots``
 
     def configure(self, codes: np.ndarray, device: torch.device) -> None:
         for code in map(str, np.unique(codes)):
@@ -44,14 +45,67 @@ class DomainBatchNorm(nn.Module):
         codes = torch.full((len(h),), -1, device=h.device) if codes is None else codes
         if len(codes) != len(h):
             raise ValueError(f"domain_batchnorm: {len(h)} rows and the batches of {len(codes)} cells")
+        if self.training and self._sums is None:
+            return self._training_step(h, codes)
         found = codes.unique().tolist()
-        if len(found) == 1:  # one batch (scGPT's mini-batches, a chunk of one donor): no gather and scatter
+        if len(found) == 1:  # one batch (a chunk of one donor): no gather and scatter
             return self._normalise(found[0], h)
         out = torch.empty_like(h)
         for code in found:
             rows = codes == code
             out[rows] = self._normalise(code, h[rows])
         return out
+
+    def _training_step(self, h: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Each row by its batch's statistics in this mini-batch, and each BatchNorm's running statistics moved as
+        BatchNorm1d moves them (a lone row of its batch: normalised by the running ones, which stay). Every batch's
+        statistics come from one pass of sums over the rows, so a training step never waits for the device to learn
+        which batches a mini-batch holds. Rows of batches not trained on (none in a training step of scssl's) are
+        normalised together, by their own statistics and the averaged affine parameters."""
+        norms = list(self.norms.values())
+        lookup = self._slots(h.device)
+        slot = lookup[codes.clamp(-1, len(lookup) - 2) + 1]
+        zeros = h.new_zeros(len(norms) + 1, h.shape[1])  # per batch, the last row the unseen batches'
+
+        def per_batch(values: torch.Tensor) -> torch.Tensor:  # in row order: a matrix product's sums vary by run
+            return zeros.index_add(0, slot, values)
+
+        n = per_batch(torch.ones_like(h))[:, :1]
+        mean = per_batch(h) / n.clamp(min=1)
+        var = per_batch((h - mean.index_select(0, slot)).square()) / n.clamp(min=1)
+        running_mean = torch.stack([norm.running_mean for norm in norms])
+        running_var = torch.stack([norm.running_var for norm in norms])
+        several = n[:-1] > 1
+        with torch.no_grad():
+            momentum = norms[0].momentum
+            unbiased = var[:-1] * n[:-1] / (n[:-1] - 1).clamp(min=1)
+            moved_mean = torch.where(several, torch.lerp(running_mean, mean[:-1], momentum), running_mean)
+            moved_var = torch.where(several, torch.lerp(running_var, unbiased, momentum), running_var)
+            for i, norm in enumerate(norms):
+                norm.running_mean.copy_(moved_mean[i])
+                norm.running_var.copy_(moved_var[i])
+                norm.num_batches_tracked.add_(several[i, 0].long())
+        lone = torch.cat([~several, several.new_zeros(1, 1)])
+        mean = torch.where(lone, torch.cat([running_mean, mean[-1:]]), mean)
+        var = torch.where(lone, torch.cat([running_var, var[-1:]]), var)
+        normalised = (h - mean.index_select(0, slot)) / torch.sqrt(var.index_select(0, slot) + self.eps)
+        if not self.affine:
+            return normalised
+        weight = torch.stack([norm.weight for norm in norms])
+        bias = torch.stack([norm.bias for norm in norms])
+        weight, bias = torch.cat([weight, weight.mean(0, keepdim=True)]), torch.cat([bias, bias.mean(0, keepdim=True)])
+        return normalised * weight.index_select(0, slot) + bias.index_select(0, slot)
+
+    def _slots(self, device: torch.device) -> torch.Tensor:
+        """A lookup from batch code + 1 to the position of the code's BatchNorm in ``norms`` (code -1 and codes
+        without one: the last position, past them), on ``device``; built when the batches change."""
+        key = (tuple(self.norms), device)
+        if self._slot_key != key:
+            codes = [int(code) for code in self.norms]
+            lookup = torch.full((max(codes) + 3,), len(codes), dtype=torch.long)
+            lookup[torch.tensor(codes) + 1] = torch.arange(len(codes))
+            self._slot_key, self._slot_lookup = key, lookup.to(device)
+        return self._slot_lookup
 
     def _normalise(self, code: int, h: torch.Tensor) -> torch.Tensor:
         """Rows ``h``, all of batch ``code``, by that batch's BatchNorm, or as a batch not seen in training."""

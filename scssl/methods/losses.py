@@ -15,7 +15,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     n = z1.shape[0]
     logits = z @ z.T / temperature
     logits.fill_diagonal_(float("-inf"))
-    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    positives = torch.arange(2 * n, device=z.device).roll(n)  # n..2n-1, then 0..n-1
     return F.cross_entropy(logits, positives)
 
 

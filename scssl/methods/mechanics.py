@@ -47,10 +47,9 @@ class MemoryQueue(nn.Module):
     @torch.no_grad()
     def enqueue(self, batch: torch.Tensor) -> None:
         batch = batch.detach()[-len(self.bank):]
-        start = int(self.pointer)
-        positions = (torch.arange(len(batch), device=batch.device) + start) % len(self.bank)
-        self.bank[positions] = batch.to(self.bank.dtype)
-        self.pointer.fill_((start + len(batch)) % len(self.bank))
+        positions = (torch.arange(len(batch), device=batch.device) + self.pointer) % len(self.bank)
+        self.bank.index_copy_(0, positions, batch.to(self.bank.dtype))
+        self.pointer.copy_((self.pointer + len(batch)) % len(self.bank))  # on the device: no step waits for it
 
 
 def nearest_neighbour(query: torch.Tensor, support: torch.Tensor) -> torch.Tensor:

@@ -9,10 +9,10 @@ from scssl.train.settings import TrainSettings
 
 __getattr__ = lazy_exports(__name__, {
     "epochs": ["EpochReport", "NonFiniteLossError", "Optimisation", "run_epochs"],
-    "loop": ["TrainedNetwork", "embed", "fit", "resolve_device", "train"],
+    "loop": ["Training", "TrainedNetwork", "embed", "fit", "resolve_device", "run_training", "start_training", "train"],
 })
 
 __all__ = [
     "EpochReport", "NonFiniteLossError", "Optimisation", "TrainSettings", "TrainedNetwork", "embed", "fit",
-    "resolve_device", "run_epochs", "train",
+    "resolve_device", "run_epochs", "run_training", "start_training", "train", "Training",
 ]

@@ -8,7 +8,8 @@ evaluate and report it to Tune); the loop knows nothing about Ray or MLflow.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -16,6 +17,7 @@ import torch
 
 from scssl.augment import AugmentationConfig
 from scssl.data import CellMatrix, Cells
+from scssl.data.cells import device_bytes
 from scssl.methods import Batch, SSLMethod, TrainingContext, get_method
 from scssl.methods.base import Reconstruction
 from scssl.methods.domain_norm import codes_on, configure_domains, in_chunks, uses_domains
@@ -34,10 +36,72 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _matrices(cls: type[SSLMethod], cells: Cells, device: torch.device) -> tuple[CellMatrix, CellMatrix | None]:
-    """The RNA on ``device``, and the second modality where the cells have one and the method uses it."""
+def _matrices(cls: type[SSLMethod], cells: Cells, device: torch.device,
+              held: tuple[CellMatrix, ...] = ()) -> tuple[CellMatrix, CellMatrix | None]:
+    """The RNA on ``device``, and the second modality where the cells have one and the method uses it: a matrix
+    already ``held`` there (a training's, for the per-epoch validation) taken as it is, the others uploaded."""
+    def upload(matrix) -> CellMatrix:
+        return next((m for m in held if m.source is matrix and m.device == device), None) or CellMatrix(matrix, device)
+
     other = cells.other if cls.uses_other else None
-    return CellMatrix(cells.X, device), None if other is None else CellMatrix(other, device)
+    return upload(cells.X), None if other is None else upload(other)
+
+
+DEVICE_HEADROOM = 512 * 2**20  # a network's mini-batches, views, activations and optimiser beside its data
+
+
+def check_device_memory(device: torch.device, matrices: list) -> None:
+    """A ``torch.cuda.OutOfMemoryError`` before anything is uploaded when the GPU has less memory free than the
+    ``matrices`` take there and a network's working memory: a trial on a shared GPU (``tune.gpus_per_trial``
+    below 1) then waits for Ray to retry it, instead of failing mid-epoch."""
+    need = sum(device_bytes(matrix) for matrix in matrices) + DEVICE_HEADROOM
+    free, total = torch.cuda.mem_get_info(device)
+    if need > free:
+        raise torch.cuda.OutOfMemoryError(
+            f"training needs about {need / 2**30:.2f} GiB of {device} for its cells and network, and "
+            f"{free / 2**30:.2f} of its {total / 2**30:.2f} GiB are free (other trials share it: tune.gpus_per_trial)")
+
+
+@dataclass
+class Training:
+    """A network set up to train on its cells' device: ``model``, and ``batches(epoch)``, the epoch's shuffled
+    mini-batches (``steps_per_epoch`` of them, each cut from the matrices uploaded there, ``uploads``)."""
+
+    model: SSLMethod
+    batches: Callable[[int], Iterator[Batch]]
+    steps_per_epoch: int
+    uploads: tuple[CellMatrix, ...]
+
+
+def start_training(method_cls: type[SSLMethod], params, data: Cells | np.ndarray | sp.spmatrix,
+                   settings: TrainSettings, augment: AugmentationConfig | None = None, seed: int = 0) -> Training:
+    """``method_cls(params)`` built and set up on the device of ``settings`` to train on ``data``. The cells are
+    uploaded once; a mini-batch is gathered there by index, and its order drawn on the host from ``seed``."""
+    cells = as_cells(data)
+    device = resolve_device(settings.device)
+    if device.type == "cuda":
+        check_device_memory(device, [cells.X] + ([cells.other] if method_cls.uses_other and cells.other is not None
+                                                 else []))
+    torch.manual_seed(seed)
+    rna, other = _matrices(method_cls, cells, device)
+    model = method_cls(rna.n_genes, params, 0 if other is None else other.n_genes).to(device)
+    codes = codes_on(cells.batch_codes, device)
+    model.setup(TrainingContext(rna.rows, cells.genes, cells.graph, augment, seed, device,
+                                None if other is None else other.rows, codes))
+    if uses_domains(model):
+        configure_domains(model, cells.batch_codes, device)
+    order = torch.Generator(device="cpu").manual_seed(seed)
+    batch_size = min(settings.batch_size, rna.n_cells)
+    n_batches = rna.n_cells // batch_size  # drop_last, as the study: no tiny last batch for BatchNorm
+
+    def batches(epoch: int) -> Iterator[Batch]:
+        permutation = torch.randperm(rna.n_cells, generator=order).to(device)
+        for b in range(n_batches):
+            idx = permutation[b * batch_size : (b + 1) * batch_size]
+            yield Batch(rna.rows(idx), idx, None if codes is None else codes[idx],
+                        None if other is None else other.rows(idx))
+
+    return Training(model, batches, n_batches, tuple(m for m in (rna, other) if m is not None))
 
 
 def train(
@@ -51,27 +115,25 @@ def train(
 ) -> SSLMethod:
     """Train ``method_cls(params)`` on ``data`` (``Cells``, or an expression matrix) and return the model
     (in eval mode); with a second modality in the cells, a method that ``uses_other`` trains on both."""
-    cells = as_cells(data)
-    device = resolve_device(settings.device)
-    torch.manual_seed(seed)
-    rna, other = _matrices(method_cls, cells, device)
-    model = method_cls(rna.n_genes, params, 0 if other is None else other.n_genes).to(device)
-    codes = codes_on(cells.batch_codes, device)
-    model.setup(TrainingContext(rna.rows, cells.genes, cells.graph, augment, seed, device,
-                                None if other is None else other.rows, codes))
-    if uses_domains(model):
-        configure_domains(model, cells.batch_codes, device)
-    order = torch.Generator(device="cpu").manual_seed(seed)
-    batch_size = min(settings.batch_size, rna.n_cells)
-    n_batches = rna.n_cells // batch_size  # drop_last, as the study: no tiny last batch for BatchNorm
-    total_steps = settings.epochs * n_batches
+    training = start_training(method_cls, params, data, settings, augment, seed)
+    run_training(training, settings, on_epoch)
+    return training.model
 
-    def batches(epoch: int):
-        permutation = torch.randperm(rna.n_cells, generator=order).to(device)
-        for b in range(n_batches):
-            idx = permutation[b * batch_size : (b + 1) * batch_size]
-            yield Batch(rna.rows(idx), idx, None if codes is None else codes[idx],
-                        None if other is None else other.rows(idx))
+
+def run_training(training: Training, settings: TrainSettings,
+                 on_epoch: Callable[[SSLMethod, EpochReport], None] | None = None) -> None:
+    """Train ``training.model`` for ``settings.epochs`` (in eval mode after each epoch and at the end)."""
+    model = training.model
+    total_steps = settings.epochs * training.steps_per_epoch
+    if settings.compile:
+        for module in model.children():
+            module.compile()
+    precision = torch.autocast(resolve_device(settings.device).type, torch.bfloat16,
+                               enabled=settings.precision == "bf16")
+
+    def loss(batch: Batch) -> torch.Tensor:
+        with precision:
+            return model.training_loss(batch)
 
     def before_epoch(epoch: int) -> None:
         model.train()
@@ -84,20 +146,22 @@ def train(
 
     optimisation = Optimisation(settings.lr, settings.weight_decay, settings.optimizer, settings.grad_clip,
                                 (10, 0.1) if settings.schedule == "step" else None)
-    run_epochs(method_cls.name, list(model.parameters()), settings.epochs, batches, model.training_loss, optimisation,
+    run_epochs(model.name, list(model.parameters()), settings.epochs, training.batches, loss, optimisation,
                before_epoch, lambda step: model.after_step(step, total_steps), after_epoch)
-    return model.eval()
+    model.eval()
 
 
 @torch.no_grad()
-def embed(model: SSLMethod, data: Cells | np.ndarray | sp.spmatrix, batch_size: int = 1024) -> np.ndarray:
+def embed(model: SSLMethod, data: Cells | np.ndarray | sp.spmatrix, batch_size: int = 1024,
+          held: tuple[CellMatrix, ...] = ()) -> np.ndarray:
     """The model's embedding of every cell (joint where the cells have the second modality it trained on),
-    with BatchNorm in eval mode (independent of batch composition); domain norms as ``in_chunks`` says."""
+    with BatchNorm in eval mode (independent of batch composition); domain norms as ``in_chunks`` says. Matrices
+    ``held`` on the model's device are not uploaded again."""
     cells = as_cells(data)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    rna, other = _matrices(type(model), cells if model.n_other else Cells(cells.X), device)
+    rna, other = _matrices(type(model), cells if model.n_other else Cells(cells.X), device, held)
     codes = codes_on(cells.batch_codes, device)
 
     parts = in_chunks(model, lambda idx, codes: model.embed(rna.rows(idx), None if other is None else other.rows(idx),
@@ -109,13 +173,14 @@ def embed(model: SSLMethod, data: Cells | np.ndarray | sp.spmatrix, batch_size: 
 
 class TrainedNetwork:
     """A network method after training, with the interface of a fitted method: ``embed``, and
-    ``reconstruct`` when the method has a decoder; ``network`` is there to be fine-tuned."""
+    ``reconstruct`` when the method has a decoder; ``network`` is there to be fine-tuned. Cells whose matrices
+    are those it trained on (``uploads``) are embedded from the copy already on its device."""
 
-    def __init__(self, network: SSLMethod):
-        self.network = network
+    def __init__(self, network: SSLMethod, uploads: tuple[CellMatrix, ...] = ()):
+        self.network, self.uploads = network, uploads
 
     def embed(self, cells: Cells) -> np.ndarray:
-        return embed(self.network, cells)
+        return embed(self.network, cells, held=self.uploads)
 
     @torch.no_grad()
     def reconstruct(self, cells: Cells, seed: int, batch_size: int = 1024) -> Reconstruction:
@@ -152,5 +217,7 @@ def fit(
     cls = get_method(method)
     if not issubclass(cls, SSLMethod):
         return cls(params, seed=seed).fit(cells, train_settings, on_epoch)
-    per_epoch = None if on_epoch is None else lambda network, report: on_epoch(TrainedNetwork(network), report)
-    return TrainedNetwork(train(cls, params, cells, train_settings, augment, seed, per_epoch))
+    training = start_training(cls, params, cells, train_settings, augment, seed)
+    trained = TrainedNetwork(training.model, training.uploads)
+    run_training(training, train_settings, None if on_epoch is None else lambda _, report: on_epoch(trained, report))
+    return trained

@@ -16,7 +16,9 @@ class TrainSettings:
 
     ``schedule: step`` reproduces the study's StepLR(10, 0.1) per epoch; ``constant`` keeps the
     learning rate. ``optimizer: adamw`` and ``grad_clip`` (gradient norm) are Richter et al.'s MAE settings
-    (AdamW, clip 1.0). ``device: auto`` takes a GPU when there is one.
+    (AdamW, clip 1.0). ``device: auto`` takes a GPU when there is one. ``precision: bf16`` runs each training
+    step's forward pass under bfloat16 autocast (weights and optimiser stay float32); ``compile`` compiles the
+    network's modules with ``torch.compile`` (minutes of compiling first, worth it on a GPU for long training).
     """
 
     epochs: Annotated[int, Field(ge=1)] = 50
@@ -27,3 +29,5 @@ class TrainSettings:
     optimizer: Literal["adam", "adamw"] = "adam"
     grad_clip: Annotated[float, Field(gt=0.0)] | None = None
     device: str = "auto"
+    precision: Literal["32", "bf16"] = "32"
+    compile: bool = False

@@ -1,8 +1,9 @@
-"""Pre-flight against the Ray cluster, and the libraries' own output kept out of scssl's progress lines.
+"""What a trial asks Ray for, the pre-flight against the Ray cluster, and the libraries' own output kept out of
+scssl's progress lines.
 
-A trial or job asks for ``tune.cpus_per_trial`` CPUs and ``tune.gpus_per_trial`` GPUs on one node. Ray
-waits forever for a request no node can meet (it only warns every minute), so the study checks it
-first against every node there is and every node type an autoscaling cluster can add.
+A trial or job asks for ``tune.cpus_per_trial`` CPUs, ``tune.gpus_per_trial`` GPUs and ``trial_memory`` bytes of
+memory on one node. Ray waits forever for a request no node can meet (it only warns every minute), so the study
+checks it first against every node there is and every node type an autoscaling cluster can add.
 """
 
 from __future__ import annotations
@@ -12,9 +13,26 @@ import os
 
 from scssl.settings import ConfigError
 
+GIB = 2**30
+# A trial's worker on its own: Python, torch, numba and scssl loaded, a network's optimiser, mini-batches and
+# per-epoch embedding of up to a few hundred thousand cells (benchmarks/scale.py measures it).
+WORKER_BYTES = int(1.5 * GIB)
+
+
+def trial_memory(tune_settings, datasets: list, method: type) -> int:
+    """Bytes a trial or job of ``method`` asks Ray for, reading the prepared ``datasets`` (a data set, and the one
+    it pretrains on): ``tune.memory_per_trial_gb`` where set; else a worker's own, and for a method that reads whole
+    matrices (not ``gathers_rows``) three copies of the matrices it reads (its cells cut, and what it builds from
+    them). The data sets themselves are held once per node, in the object store, apart from this."""
+    if tune_settings.memory_per_trial_gb is not None:
+        return int(tune_settings.memory_per_trial_gb * GIB)
+    if method.gathers_rows:
+        return WORKER_BYTES
+    return WORKER_BYTES + 3 * sum(dataset.nbytes(method.inputs) for dataset in datasets)
+
 
 def node_shapes() -> list[dict[str, float]]:
-    """CPU and GPU of each live node and of each node type the autoscaler may start."""
+    """CPU, GPU and memory (bytes) of each live node and of each node type the autoscaler may start."""
     import ray
 
     shapes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
@@ -26,20 +44,26 @@ def node_shapes() -> list[dict[str, float]]:
         shapes += [dict(group.resources) for group in groups if group.max_count != 0]
     except Exception:  # a cluster without an autoscaler, or another Ray version: live nodes only
         pass
-    return [{"CPU": float(s.get("CPU", 0)), "GPU": float(s.get("GPU", 0))} for s in shapes]
+    return [{"CPU": float(s.get("CPU", 0)), "GPU": float(s.get("GPU", 0)), "memory": float(s.get("memory", 0))}
+            for s in shapes]
 
 
-def check_resources(experiment) -> None:
-    """A ConfigError naming the experiment file and the numbers when no node can run a trial or job."""
+def check_resources(experiment, memory: int = 0) -> None:
+    """A ConfigError naming the experiment file and the numbers when no node can run a trial or job asking for
+    ``memory`` bytes (the most any trial or job of the study asks for)."""
     tune = experiment.config.tune
     shapes = node_shapes()
-    if any(s["CPU"] >= tune.cpus_per_trial and s["GPU"] >= tune.gpus_per_trial for s in shapes):
+    asked = {"CPU": tune.cpus_per_trial, "GPU": tune.gpus_per_trial, "memory": memory}
+    if any(all(s[kind] >= value for kind, value in asked.items()) for s in shapes):
         return
-    offered = ", ".join(sorted({f"{s['CPU']:g} CPU / {s['GPU']:g} GPU" for s in shapes})) or "no nodes"
-    keys = "tune.gpus_per_trial" if any(s["CPU"] >= tune.cpus_per_trial for s in shapes) else "tune.cpus_per_trial"
+    offered = ", ".join(sorted({f"{s['CPU']:g} CPU / {s['GPU']:g} GPU / {s['memory'] / GIB:.1f} GiB"
+                                for s in shapes})) or "no nodes"
+    settings = {"CPU": "tune.cpus_per_trial", "GPU": "tune.gpus_per_trial", "memory": "tune.memory_per_trial_gb"}
+    unmet = [settings[kind] for kind in asked if not any(s[kind] >= asked[kind] for s in shapes)]
+    key = unmet[0] if unmet else " with ".join(settings.values())  # each met by some node, not all by one
     raise ConfigError(
-        f"{experiment.source}: {keys}: every trial and job asks for {tune.cpus_per_trial:g} CPU and "
-        f"{tune.gpus_per_trial:g} GPU on one node, but the Ray cluster's nodes offer {offered}; "
+        f"{experiment.source}: {key}: a trial or job asks for {tune.cpus_per_trial:g} CPU, {tune.gpus_per_trial:g} "
+        f"GPU and {memory / GIB:.1f} GiB of memory on one node, but the Ray cluster's nodes offer {offered}; "
         "lower the request or use a cluster that has such nodes"
     )
 

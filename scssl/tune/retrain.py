@@ -193,18 +193,21 @@ def _mark_superseded(tracker: Tracker, jobs: list[RetrainJob], finished: list) -
             tracker.set_tags(run.info.run_id, {SUPERSEDED: superseded})
 
 
-def job_slots(resources: dict[str, float], cpus_per_job: float, gpus_per_job: float) -> int:
+def job_slots(resources: dict[str, float], cpus_per_job: float, gpus_per_job: float, memory_per_job: int = 0) -> int:
     """How many jobs fit ``resources`` (``ray.cluster_resources()``) at once; at least 1, so that a cluster
     whose GPU nodes an autoscaler has not started yet still makes progress."""
     fits = [resources.get("CPU", 0.0) / cpus_per_job]
     if gpus_per_job > 0:
         fits.append(resources.get("GPU", 0.0) / gpus_per_job)
+    if memory_per_job > 0:
+        fits.append(resources.get("memory", 0.0) / memory_per_job)
     return max(1, int(min(fits) + 1e-9))  # 0.9 / 0.3 is 2.9999999999999996
 
 
 def retrain_stage(experiment: Experiment, data_refs: dict, tracker: Tracker,
-                  fingerprints: dict[str, dict[str, str]]) -> list[str]:
-    """Run every job without a finished run; write embeddings under ``<study>/embeddings``. Returns one line
+                  fingerprints: dict[str, dict[str, str]], memory: dict[str, dict[str, int]] | None = None) -> list[str]:
+    """Run every job without a finished run, each asking Ray for ``memory[data set][method]`` bytes besides its CPUs
+    and GPUs; write embeddings under ``<study>/embeddings``. Returns one line
     per FAILED job. At most as many jobs as the cluster fits now are in flight, each with an open run: if
     anything interrupts the driver, their tasks are cancelled and their runs closed as KILLED (a rerun
     does them), then the interrupt is raised again. A job that finishes while the store does not answer is
@@ -227,16 +230,18 @@ def retrain_stage(experiment: Experiment, data_refs: dict, tracker: Tracker,
     threads = max(1, int(cfg.tune.cpus_per_trial))
     task = ray.remote(run_job).options(num_cpus=cfg.tune.cpus_per_trial, num_gpus=cfg.tune.gpus_per_trial)
     queue = iter(todo)
+    asks = {job.key: (memory or {}).get(job.dataset, {}).get(job.method, 0) for job in todo}  # bytes of memory
+    largest = max(asks.values(), default=0)
     open_runs: dict[str, RetrainJob] = {}  # run id -> its job, until the run ends
     in_flight: dict[ray.ObjectRef, str] = {}  # a job's task -> its run id
     try:
         for n in range(1, len(todo) + 1):
-            slots = job_slots(ray.cluster_resources(), cfg.tune.cpus_per_trial, cfg.tune.gpus_per_trial)
+            slots = job_slots(ray.cluster_resources(), cfg.tune.cpus_per_trial, cfg.tune.gpus_per_trial, largest)
             for job in itertools.islice(queue, max(0, slots - len(in_flight))):  # nodes may come and go
                 run_id = tracker.start_run(f"{job.label}/{job.task}/seed{job.seed}", job.tags, job.config)
                 open_runs[run_id] = job
                 tracker.log_json(run_id, job.trial.as_dict(), "config.json")
-                in_flight[task.remote(data_refs[job.dataset], job, threads)] = run_id
+                in_flight[task.options(memory=asks[job.key]).remote(data_refs[job.dataset], job, threads)] = run_id
             [ref], _ = ray.wait(list(in_flight), num_returns=1)
             run_id = in_flight.pop(ref)
             failure = _record(experiment, tracker, open_runs[run_id], run_id, ref, f"{n}/{len(todo)}")

@@ -55,8 +55,9 @@ def tune_key(experiment: Experiment, fingerprint: str, method: str) -> str:
 
 
 def tune_method(experiment: Experiment, dataset: str, fingerprint: str, data_ref, method: str,
-                tracker: Tracker) -> list[str]:
-    """Run the trials of one method on one data set that MLflow does not hold yet; each becomes a run.
+                tracker: Tracker, memory: int = 0) -> list[str]:
+    """Run the trials of one method on one data set that MLflow does not hold yet, each asking Ray for ``memory``
+    bytes besides its CPUs and GPUs; each becomes a run.
     Returns one line per trial that failed for an error. An interrupt closes the open runs as KILLED; a store that
     stops answering ends the trials and raises ``TrackingUnavailable`` (the next driver closes their runs)."""
     cfg = experiment.config
@@ -80,7 +81,7 @@ def tune_method(experiment: Experiment, dataset: str, fingerprint: str, data_ref
             seed=cfg.tune.seed, threads=max(1, int(cfg.tune.cpus_per_trial)), objective=cfg.tune.objective,
             multi_objective=cfg.tune.multi_objective,
         ),
-        {"cpu": cfg.tune.cpus_per_trial, "gpu": cfg.tune.gpus_per_trial},
+        {"cpu": cfg.tune.cpus_per_trial, "gpu": cfg.tune.gpus_per_trial, "memory": memory},
     )
     metric = objectives(cfg.tune)[0]
     callback = MLflowTrialCallback(tracker, dataset, method_cls, cfg.train, cfg.augment, total, len(done), key,

@@ -6,7 +6,8 @@ import scanpy as sc
 import scipy.sparse as sp
 import torch
 
-from scssl.data import BUILTIN_DATASETS, CellMatrix, DatasetSpec, make_synthetic, prepare, resolve
+from scssl.data import BUILTIN_DATASETS, CellMatrix, Cells, DatasetSpec, make_synthetic, prepare, resolve
+from scssl.data.cells import RowsOf, device_bytes, gather_rows
 from scssl.settings import ConfigError
 
 
@@ -102,6 +103,33 @@ def test_sparse_minibatch_equals_dense_rows(rng):
     batches = list(CellMatrix(sp.csr_matrix(dense)).batches(16))
     assert [len(b) for b in batches] == [16, 16, 16, 2]
     np.testing.assert_array_equal(torch.cat(batches).numpy(), dense)
+
+
+def test_the_device_gather_equals_scipy_rows_empty_and_repeated_ones_included(rng):
+    """``gather_rows``, the GPU's sync-free densification, here on CPU tensors."""
+    dense = rng.poisson(0.3, size=(50, 40)).astype(np.float32)
+    dense[[3, 11]] = 0.0  # rows without a stored value
+    X = sp.csr_matrix(dense)
+    idx = torch.tensor([7, 0, 49, 7, 3, 11])
+    arrays = (torch.as_tensor(X.indptr.astype(np.int64)), torch.as_tensor(X.indices.astype(np.int32)),
+              torch.as_tensor(X.data))
+    widest = int(np.diff(X.indptr).max())
+    np.testing.assert_array_equal(gather_rows(*arrays, widest, idx, 40).numpy(), dense[idx.numpy()])
+
+
+def test_rows_of_a_shared_matrix_are_cut_without_a_copy_and_gather_as_a_copy_would(rng):
+    dense = rng.poisson(0.3, size=(50, 40)).astype(np.float32)
+    cells = Cells(sp.csr_matrix(dense), batch_codes=np.arange(50) % 3, counts=sp.csr_matrix(dense * 2))
+    rows, then = np.flatnonzero(np.arange(50) % 4 != 1), np.array([5, 0, 20, 2])
+    shared = cells.subset(rows, shared=True).subset(then, shared=True)
+    assert isinstance(shared.X, RowsOf) and shared.X.matrix is cells.X and shared.counts.matrix is cells.counts
+    copied = cells.subset(rows).subset(then)
+    np.testing.assert_array_equal(shared.batch_codes, copied.batch_codes)
+    np.testing.assert_array_equal(shared.materialised().counts.toarray(), copied.counts.toarray())
+    idx = torch.tensor([3, 0, 3])
+    for X in (shared.X, RowsOf.of(dense, rows)[then]):
+        np.testing.assert_array_equal(CellMatrix(X).rows(idx).numpy(), copied.X.toarray()[idx.numpy()])
+    assert device_bytes(shared.X) == 8 * cells.X.nnz + 8 * 51 + 8 * 4
 
 
 def test_synthetic_has_types_batches_and_protein():

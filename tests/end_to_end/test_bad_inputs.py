@@ -293,16 +293,18 @@ def test_a_request_no_node_can_meet_is_exit_2_with_the_numbers(tmp_path, monkeyp
     from scssl.settings import ConfigError
     from scssl.tune import resources
 
-    shapes = [{"CPU": 2.0, "GPU": 0.0}, {"CPU": 8.0, "GPU": 1.0}]  # a live node and an autoscaler node type
-    monkeypatch.setattr(resources, "node_shapes", lambda: shapes)
-    for tune, key, offered in (({"cpus_per_trial": 16}, "tune.cpus_per_trial", "2 CPU / 0 GPU, 8 CPU / 1 GPU"),
-                               ({"gpus_per_trial": 2}, "tune.gpus_per_trial", "8 CPU / 1 GPU")):
+    gib = 2.0**30
+    shapes = [{"CPU": 2.0, "GPU": 0.0, "memory": 8 * gib}, {"CPU": 8.0, "GPU": 1.0, "memory": 30 * gib}]  # a live
+    monkeypatch.setattr(resources, "node_shapes", lambda: shapes)  # node and an autoscaler node type
+    offered = "2 CPU / 0 GPU / 8.0 GiB, 8 CPU / 1 GPU / 30.0 GiB"
+    for tune, key in (({"cpus_per_trial": 16}, "tune.cpus_per_trial"), ({"gpus_per_trial": 2}, "tune.gpus_per_trial"),
+                      ({"memory_per_trial_gb": 40}, "tune.memory_per_trial_gb")):
         experiment = load_experiment(_experiment(tmp_path, synthetic_h5ad, tune=tune))
         with pytest.raises(ConfigError) as err:
-            resources.check_resources(experiment)
+            resources.check_resources(experiment, int((tune.get("memory_per_trial_gb") or 1) * gib))
         assert str(experiment.source) in str(err.value) and key in str(err.value) and offered in str(err.value)
     for fits in ({"cpus_per_trial": 8, "gpus_per_trial": 1}, {"cpus_per_trial": 0.5, "gpus_per_trial": 0.25}):
-        resources.check_resources(load_experiment(_experiment(tmp_path, synthetic_h5ad, tune=fits)))
+        resources.check_resources(load_experiment(_experiment(tmp_path, synthetic_h5ad, tune=fits)), int(20 * gib))
 
 
 @pytest.mark.slow

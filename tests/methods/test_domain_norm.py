@@ -34,6 +34,42 @@ def test_each_batch_is_normalised_by_its_own_statistics_in_training():
         torch.testing.assert_close(norm.norms[str(code)].running_mean, expected, atol=1e-5, rtol=0)
 
 
+def test_a_training_step_equals_a_batchnorm1d_per_batch_a_lone_row_by_the_running_statistics():
+    """The step computes every batch's statistics at once (no wait for the device); it must equal BatchNorm1d
+    run on each batch's rows alone: outputs, gradients, running statistics."""
+    rng = np.random.default_rng(1)
+    h = torch.tensor(rng.normal(size=(41, 6)) * rng.uniform(0.5, 3, 6) + rng.normal(size=6), dtype=torch.float32)
+    codes = torch.tensor([0] * 20 + [3] * 20 + [5])  # batch 5: one row in this mini-batch; batch 7: none
+    norm = DomainBatchNorm(6)
+    norm.configure(np.array([0, 3, 5, 7]), torch.device("cpu"))
+    for i, bn in enumerate(norm.norms.values()):  # distinct affine parameters and running statistics
+        bn.weight.data.uniform_(0.5, 2.0)
+        bn.bias.data.normal_()
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+    twins = {code: torch.nn.BatchNorm1d(6) for code in norm.norms}
+    for code, twin in twins.items():
+        twin.load_state_dict(norm.norms[code].state_dict())
+    x = h.clone().requires_grad_()
+    out = norm.train()(x, codes)
+    x_twin = h.clone().requires_grad_()
+    expected = torch.empty_like(h)
+    for code in (0, 3):
+        rows = codes == code
+        expected[rows] = twins[str(code)].train()(x_twin[rows])
+    expected[40:] = twins["5"].eval()(x_twin[40:])
+    torch.testing.assert_close(out, expected)
+    weights = torch.randn_like(h)
+    (out * weights).sum().backward()
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(x.grad, x_twin.grad)
+    for code in norm.norms:
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            torch.testing.assert_close(getattr(norm.norms[code], name), getattr(twins[code], name))
+        twin_grad = twins[code].weight.grad  # None for batch 7: no row of it in the mini-batch
+        torch.testing.assert_close(norm.norms[code].weight.grad, torch.zeros(6) if twin_grad is None else twin_grad)
+
+
 def test_an_unseen_batch_is_normalised_by_the_statistics_of_all_its_cells_whatever_the_chunks():
     X, codes = _two_batches()
     params = SimCLR.Params(embedding_dim=8, domain_batchnorm=True)

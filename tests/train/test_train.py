@@ -106,3 +106,67 @@ def test_the_epoch_loop_reports_each_epochs_mean_loss_counts_steps_and_stops_on_
     assert float(weight.detach()) > 0  # Adam moved it towards the targets
     with pytest.raises(NonFiniteLossError, match="toy: loss is nan in epoch 1"):
         run_epochs("toy", [weight], 2, lambda epoch: [float("nan")], loss, Optimisation(lr=0.1, weight_decay=0.0))
+
+
+def test_a_trial_of_a_network_gathers_rows_of_the_shared_data_and_every_cell_once_per_epoch(prepared):
+    """The trial's cells are rows of the data set's matrix, not a copy; an epoch visits each cell once (the last
+    incomplete mini-batch dropped, as the study)."""
+    from scssl.data.cells import RowsOf
+    from scssl.evaluate import SharedData
+    from scssl.stages import TuneSettings
+    from scssl.train import start_training
+
+    shared = SharedData.build(prepared, TuneSettings(), with_graphs=False)
+    data, cells = shared.trial_data(SimCLR)
+    assert isinstance(data.X, RowsOf) and data.X.matrix is prepared.X and cells.X is data.X
+    assert not isinstance(shared.trial_data(PCABaseline)[0].X, RowsOf)  # reads whole matrices: its own copy
+    training = start_training(SimCLR, SimCLR.Params(), data, TrainSettings(batch_size=64, device="cpu"),
+                              AugmentationConfig(), seed=0)
+    seen = torch.cat([batch.index for batch in training.batches(1)]).numpy()
+    assert len(seen) == len(set(seen)) == data.n_cells // 64 * 64
+    batch = next(training.batches(2))
+    np.testing.assert_array_equal(batch.x.numpy(), prepared.X[prepared.reference_index[batch.index.numpy()]].toarray())
+
+
+def test_the_per_epoch_embedding_of_the_training_cells_reuses_their_upload(prepared, monkeypatch):
+    from scssl.train import loop
+
+    uploads = []
+
+    class Counted(loop.CellMatrix):
+        def __init__(self, X, device="cpu"):
+            uploads.append(X)
+            super().__init__(X, device)
+
+    monkeypatch.setattr(loop, "CellMatrix", Counted)
+    cells = Cells(prepared.X[:256])
+    fit("simclr", SimCLR.Params(), cells, TrainSettings(epochs=2, batch_size=64), AugmentationConfig(), 0,
+        on_epoch=lambda model, report: model.embed(cells))
+    assert uploads == [cells.X]
+
+
+def test_a_gpu_without_room_for_the_cells_refuses_the_trial_before_uploading(prepared, monkeypatch):
+    from scssl.train import start_training
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (100 * 2**20, 80 * 2**30))
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="0.10 of its 80.00 GiB are free"):
+        start_training(SimCLR, SimCLR.Params(), prepared.X, TrainSettings(device="cuda"), AugmentationConfig())
+
+
+def test_bfloat16_autocast_trains_to_a_useful_embedding(prepared):
+    ref = prepared.reference_index
+    reports = []
+    model = train(SimCLR, SimCLR.Params(), prepared.X[ref], TrainSettings(epochs=3, batch_size=64, lr=1e-3,
+                  precision="bf16"), AugmentationConfig(), seed=0, on_epoch=lambda m, r: reports.append(r))
+    assert all(np.isfinite(r.loss) for r in reports) and reports[-1].loss < reports[0].loss
+    assert embed(model, prepared.X).dtype == np.float32
+
+
+@pytest.mark.slow
+def test_compiled_modules_train_as_the_eager_ones(prepared):
+    X = prepared.X[prepared.reference_index]
+    eager, compiled = (train(SimCLR, SimCLR.Params(embedding_dim=8), X, TrainSettings(epochs=1, batch_size=64,
+                                                                                      compile=flag),
+                             AugmentationConfig(), seed=0) for flag in (False, True))
+    # the same steps; fused kernels sum in another order, which moves values of about 1 by 1e-4 in an epoch
+    np.testing.assert_allclose(embed(compiled, X), embed(eager, X), rtol=0, atol=5e-3)

@@ -109,6 +109,7 @@ def test_job_slots_fit_the_cluster_and_are_at_least_one():
     assert job_slots({"CPU": 16.0, "GPU": 1.0}, 1, 0.25) == 4
     assert job_slots({"CPU": 0.9}, 0.3, 0) == 3
     assert job_slots({"CPU": 4.0}, 1, 1) == 1  # GPU nodes not started yet: one job goes, the autoscaler follows
+    assert job_slots({"CPU": 16.0, "memory": 10.0 * 2**30}, 1, 0, 3 * 2**30) == 3  # memory binds first
 
 
 class FakeRay:
