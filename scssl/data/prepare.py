@@ -20,18 +20,21 @@ from functools import cached_property
 from pathlib import Path
 
 import anndata as ad
+import h5py
 from anndata import OldFormatWarning
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
 from scssl.data.cells import Cells
+from scssl.data.hvg import HVGStatistics
 from scssl.data.paired import Modality, modality_of, other_modality, pair_cells, preprocess, read_h5mu
 from scssl.data.spec import DataError, DatasetSpec
 
 REFERENCE, QUERY = "reference", "query"
 INPUTS = ("counts", "other_counts")  # what a method may read besides the normalised data (``SSLMethod.inputs``)
 _CHUNK = 1 << 22  # stored values checked at once: bounds the memory of the masks on large files
+_CHUNK_CELLS = 50_000  # cells whose raw counts are read and preprocessed at once
 
 
 @dataclass
@@ -166,9 +169,28 @@ def _sha(parts: list[np.ndarray], texts: list) -> str:
 
 def read_h5ad(path: str | Path) -> ad.AnnData:
     """Read an AnnData file; any file that is not one is a DataError (key ``path``) with the reason."""
-    import h5py
+    return _read(Path(path), lambda: ad.read_h5ad(path))
 
-    path = Path(path)
+
+def read_h5ad_backed(path: str | Path) -> tuple[ad.AnnData, h5py.File]:
+    """An AnnData file's cells and genes (``obs`` and ``var`` alone), and the open file, whose matrices stay on disk
+    to be read a chunk of cells at a time (``CountRows``); errors as ``read_h5ad``'s."""
+    def read():
+        stored = h5py.File(path, "r")
+        try:
+            with warnings.catch_warnings():  # repeated names are checked, and named, by ``prepare``
+                warnings.filterwarnings("ignore", message=".* names are not unique", category=UserWarning)
+                return ad.AnnData(obs=ad.io.read_elem(stored["obs"]), var=ad.io.read_elem(stored["var"])), stored
+        except BaseException:
+            stored.close()
+            raise
+
+    return _read(Path(path), read)
+
+
+def _read(path: Path, read):
+    """``read()`` of the .h5ad file ``path``; a missing file, another kind of file, or one that cannot be read is a
+    DataError (key ``path``) with the reason."""
     if not path.is_file():
         raise DataError(f"{path}: data file not found", "path")
     if path.suffix != ".h5ad":
@@ -180,7 +202,7 @@ def read_h5ad(path: str | Path) -> ad.AnnData:
             raise ValueError(f"HDF5 without the AnnData layout: no 'obs' and 'var' groups, top-level keys {top}")
         with warnings.catch_warnings():  # files written by older anndata versions read fine
             warnings.simplefilter("ignore", OldFormatWarning)
-            return ad.read_h5ad(path)
+            return read()
     except Exception as err:  # h5py, anndata and pandas each raise their own kinds for a broken file
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise DataError(f"{path}: not a readable .h5ad file ({reason})", "path") from None
@@ -192,8 +214,23 @@ def prepare(spec: DatasetSpec, adata: ad.AnnData | None = None, genes: np.ndarra
     each cell normalised over its own genes, a pretraining gene it lacks all zero."""
     source = spec.path
     multimodal = read_h5mu(spec.path) if spec.path.endswith(".h5mu") else None  # read once, for both modalities
-    if adata is None:
+    stored = None
+    if adata is None and multimodal is None and spec.modality is None:  # RNA alone: its counts stay on disk
+        adata, stored = read_h5ad_backed(spec.path)
+    elif adata is None:
         adata = read_h5ad(spec.path) if multimodal is None else modality_of(multimodal, spec.rna_mod, source, "rna_mod")
+    try:
+        return _prepare(spec, adata, genes, multimodal, stored)
+    finally:
+        if stored is not None:
+            stored.close()
+
+
+def _prepare(spec: DatasetSpec, adata: ad.AnnData, genes: np.ndarray | None, multimodal,
+             stored: h5py.File | None) -> PreparedDataset:
+    """``prepare`` on the read file; its raw counts read ``_CHUNK_CELLS`` cells at a time (from ``stored``, the open
+    file, when its matrices were left on disk): preprocessing holds its result and a chunk, never all the counts."""
+    source = spec.path
     _check_unique(adata.var_names, "gene", "var", source)
     _check_unique(adata.obs_names, "cell", "obs", source)
     paired_notes, other, rna_only = [], None, None
@@ -208,23 +245,19 @@ def prepare(spec: DatasetSpec, adata: ad.AnnData | None = None, genes: np.ndarra
             raise DataError(
                 f"{source}: {what} {key!r} is not a column of obs; columns are {list(adata.obs.columns)}", what
             )
-    counts = _counts(adata, spec.counts_layer, source)
+    counts = CountRows.of(adata, spec.counts_layer, source, stored)
+    totals = counts.checked_totals()
 
     given = adata.obs[spec.batch_key]
     all_batches = set(given[~_missing(given)].astype(str))
-    keep, notes = _cells_to_keep(adata.obs, counts, spec, source)
+    keep, notes = _cells_to_keep(adata.obs, totals, spec, source)
     notes = paired_notes + notes
-    counts = counts[keep]
     if other is not None:
         where = f"{spec.modality.path or source} ({spec.modality.kind})"
         try:
             other_counts = _counts(other, spec.modality.counts_layer, where)[keep]
         except DataError as err:
             raise DataError(str(err), f"modality.{err.key}") from None
-    has_counts = np.asarray(counts.sum(axis=0)).ravel() > 0  # over all cells, reference and query alike
-    if not has_counts.all():
-        counts = counts[:, has_counts]
-        notes.append(f"dropped {int((~has_counts).sum())} genes with no counts in any cell")
     batch = adata.obs[spec.batch_key][keep].astype(str)
     labels = adata.obs[spec.labels_key][keep].astype(str)
     names = adata.obs_names[keep].astype(str)
@@ -246,23 +279,25 @@ def prepare(spec: DatasetSpec, adata: ad.AnnData | None = None, genes: np.ndarra
             "cell; expected a column of batches (donors, samples) of several cells each", "batch_key"
         )
 
-    import scanpy as sc  # only now: it takes seconds, bad data fails sooner, and trial workers only unpickle
-
-    cells = ad.AnnData(X=counts.copy(), obs=pd.DataFrame({"batch": batch.to_numpy()}, index=names))
-    cells.var_names = adata.var_names[has_counts].astype(str)
-    sc.pp.normalize_total(cells, target_sum=1e4)
-    sc.pp.log1p(cells)
+    all_genes = adata.var_names.astype(str).to_numpy()
+    reference = np.full(len(keep), -1)
+    reference[np.flatnonzero(keep)[~is_query]] = pd.Categorical(batch[~is_query]).codes
+    gene_totals, stats = counts.normalised_statistics(keep, reference, all_genes,
+                                                      sorted(set(batch[~is_query])))
+    has_counts = gene_totals > 0  # over all cells kept, reference and query alike
+    if not has_counts.all():
+        notes.append(f"dropped {int((~has_counts).sum())} genes with no counts in any cell")
     missing = None
     if genes is None:
-        genes = select_hvgs(cells[~is_query].copy(), spec.n_hvgs)
-        X = sp.csr_matrix(cells[:, genes].X, dtype=np.float32)
-        gene_counts = sp.csr_matrix(counts[:, cells.var_names.get_indexer(genes)], dtype=np.float32)
+        genes = select_hvgs(stats.subset(has_counts), spec.n_hvgs)
+        columns = pd.Index(all_genes).get_indexer(genes)
     else:
-        X, missing = _aligned(cells, np.asarray(genes), source)
-        gene_counts, _ = _aligned(ad.AnnData(counts, var=pd.DataFrame(index=cells.var_names)), np.asarray(genes),
-                                  source)
+        genes = np.asarray(genes)
+        columns = _gene_columns(all_genes, has_counts, genes, source)
+        missing = columns < 0
         notes.append(f"{int(missing.sum())} of the {len(genes)} pretraining genes are not in this data set: "
                      "their columns are zero")
+    X, gene_counts = counts.columns(keep, columns)
 
     obs = pd.DataFrame(
         {
@@ -286,52 +321,39 @@ def _rna_only_cells(rna: ad.AnnData, spec: DatasetSpec, genes: np.ndarray, batch
                     notes: list[str]) -> RNAOnlyCells | None:
     """Mosaic data's RNA-only cells preprocessed as the paired ones, on their genes; those without counts or
     a batch dropped (noted); batch codes extend the data set's batches."""
-    import scanpy as sc
-
-    counts = _counts(rna, spec.counts_layer, source)
+    counts = CountRows.of(rna, spec.counts_layer, source)
     batch = rna.obs[spec.batch_key]
-    keep = (np.asarray(counts.sum(axis=1)).ravel() > 0) & ~_missing(batch)
+    keep = (counts.checked_totals() > 0) & ~_missing(batch)
     if not keep.all():
         notes.append(f"dropped {int((~keep).sum())} of the RNA-only cells: no counts or no batch")
     if not keep.any():
         return None
     batch = batch[keep].astype(str).to_numpy()
-    var = pd.DataFrame(index=rna.var_names.astype(str))
-    cells = ad.AnnData(counts[keep].copy(), var=var)
-    sc.pp.normalize_total(cells, target_sum=1e4)
-    sc.pp.log1p(cells)
-    X, _ = _aligned(cells, genes, source)
-    gene_counts, _ = _aligned(ad.AnnData(counts[keep], var=var), genes, source)
+    names = rna.var_names.astype(str).to_numpy()
+    X, gene_counts = counts.columns(keep, _gene_columns(names, np.ones(len(names), bool), genes, source))
     categories = batches + sorted(set(batch) - set(batches))
     codes = pd.Categorical(batch, categories=categories).codes.astype(np.int64)
     is_query = np.isin(batch, list(spec.query_batches or []))
     return RNAOnlyCells(Cells(X, genes, codes, counts=gene_counts), is_query)
 
 
-def _aligned(cells: ad.AnnData, genes: np.ndarray, source: str) -> tuple[sp.csr_matrix, np.ndarray]:
-    """``cells``' expression in the columns of ``genes`` (by name), and which of them ``cells`` lacks."""
-    position = pd.Index(cells.var_names).get_indexer(genes)
-    missing = position < 0
-    if missing.all():
+def _gene_columns(names: np.ndarray, usable: np.ndarray, genes: np.ndarray, source: str) -> np.ndarray:
+    """For each of ``genes``, its column among a file's genes ``names`` (the ``usable`` ones; -1: not among them).
+    None found is a DataError: the data sets name genes differently."""
+    position = pd.Index(names[usable]).get_indexer(genes)
+    if (position < 0).all():
         raise DataError(f"{source}: none of the {len(genes)} pretraining genes (e.g. {', '.join(genes[:3])}) is among "
-                        f"this data set's genes (e.g. {', '.join(cells.var_names[:3])}); the data sets must name "
+                        f"this data set's genes (e.g. {', '.join(names[usable][:3])}); the data sets must name "
                         "genes alike", "pretrain")
-    X = sp.csr_matrix(cells.X, dtype=np.float32)[:, position[~missing]].tocoo()
-    columns = np.flatnonzero(~missing)[X.col]
-    aligned = sp.csr_matrix((X.data, (X.row, columns)), shape=(cells.n_obs, len(genes)), dtype=np.float32)
-    return aligned, missing
+    return np.where(position < 0, -1, np.flatnonzero(usable)[position])
 
 
-def select_hvgs(reference: ad.AnnData, n_hvgs: int) -> list[str]:
-    """Batch-aware highly variable genes of log-normalised reference cells, in the data's gene order."""
-    if n_hvgs >= reference.n_vars:
-        return list(reference.var_names)
-    import scanpy as sc
-
-    table = sc.pp.highly_variable_genes(
-        reference, n_top_genes=n_hvgs, flavor="seurat", batch_key="batch", inplace=False
-    )
-    return list(reference.var_names[table["highly_variable"].to_numpy()])
+def select_hvgs(stats: HVGStatistics, n_hvgs: int) -> list[str]:
+    """Batch-aware highly variable genes (scanpy's 'seurat' flavour) of the reference cells whose statistics
+    ``stats`` gathered, in the data's gene order."""
+    if n_hvgs >= len(stats.genes):
+        return list(stats.genes)
+    return list(stats.genes[stats.highly_variable(n_hvgs)])
 
 
 def _check_unique(names: pd.Index, what: str, axis: str, source: str) -> None:
@@ -351,7 +373,7 @@ def _missing(values: pd.Series) -> np.ndarray:
 
 
 def _cells_to_keep(
-    obs: pd.DataFrame, counts: sp.csr_matrix, spec: DatasetSpec, source: str
+    obs: pd.DataFrame, totals: np.ndarray, spec: DatasetSpec, source: str
 ) -> tuple[np.ndarray, list[str]]:
     """A mask of the usable cells and one note per reason a cell was dropped.
 
@@ -381,36 +403,110 @@ def _cells_to_keep(
         listed = obs[spec.labels_key].astype(str).isin(spec.drop_labels).to_numpy() & keep
         if listed.any():
             drop(listed, f"dropped {int(listed.sum())} cells of the cell types in drop_labels", "drop_labels")
-    empty = (np.asarray(counts.sum(axis=1)).ravel() == 0) & keep
+    empty = (totals == 0) & keep
     if empty.any():
         drop(empty, f"dropped {int(empty.sum())} cells with no counts", "counts_layer")
     return keep, notes
 
 
+class CountRows:
+    """The raw counts of every cell of a file, read ``_CHUNK_CELLS`` cells at a time: from disk when the file is
+    read backed, so that a pass of ``prepare`` over them holds one chunk, never the whole matrix. ``where`` says
+    which matrix of the file holds them (for messages), ``hint`` what else the user might set."""
+
+    def __init__(self, matrix, cells: pd.Index, genes: pd.Index, where: str, hint: str, source: str):
+        self.matrix, self.cells, self.genes = matrix, cells, genes
+        self.where, self.hint, self.source = where, hint, source
+
+    @classmethod
+    def of(cls, adata: ad.AnnData, layer: str | None, source: str, stored: h5py.File | None = None) -> "CountRows":
+        """``adata``'s counts: ``layers[layer]``, or ``X`` when ``layer`` is None; read from ``stored``, the open file,
+        where ``adata`` holds its cells and genes alone (``read_h5ad_backed``)."""
+        if stored is not None:
+            named = list(stored["layers"]) if "layers" in stored else []
+        else:
+            named = [name for name in adata.layers if name is not None]  # anndata 0.13 lists X as layers[None]
+        if layer is not None and layer not in named:
+            raise DataError(
+                f"{source}: counts_layer {layer!r} is not a layer; layers are {named} "
+                "(leave counts_layer empty if X holds raw counts)", "counts_layer"
+            )
+        where = f"layers[{layer!r}]" if layer is not None else "X"
+        hint = "" if layer is not None else f"; set counts_layer if a layer holds them (layers: {named})"
+        if stored is None:
+            matrix = adata.layers[layer] if layer is not None else adata.X
+        else:
+            element = stored["layers"][layer] if layer is not None else stored.get("X")
+            matrix = ad.io.sparse_dataset(element) if isinstance(element, h5py.Group) else element
+        if matrix is None:
+            raise DataError(f"{source}: X is empty; expected raw counts{hint}", "counts_layer")
+        return cls(matrix, adata.obs_names, adata.var_names, where, hint, source)
+
+    def chunks(self):
+        """(first row, the chunk's counts as float32 CSR) over every cell, in order."""
+        for start in range(0, len(self.cells), _CHUNK_CELLS):
+            yield start, sp.csr_matrix(self.matrix[start:start + _CHUNK_CELLS], dtype=np.float32)
+
+    def checked_totals(self) -> np.ndarray:
+        """Each cell's total count, every stored value checked: a DataError (key ``counts_layer``) says how many are
+        not counts, by kind, each with an example."""
+        totals, found = np.zeros(len(self.cells)), {}
+        for start, chunk in self.chunks():
+            totals[start:start + chunk.shape[0]] = np.asarray(chunk.sum(axis=1)).ravel()
+            for kind, (n, example) in _count_problems(chunk, self.cells[start:], self.genes).items():
+                found[kind] = (found.get(kind, (0, example))[0] + n, found.get(kind, (0, example))[1])
+        if found:
+            problems = "; ".join(f"{n} values are {kind} ({example})" for kind, (n, example) in found.items())
+            raise DataError(f"{self.source}: {self.where} does not hold raw counts: {problems}; "
+                            f"expected non-negative integers{self.hint}", "counts_layer")
+        return totals
+
+    def normalised_statistics(self, keep: np.ndarray, reference: np.ndarray, genes: np.ndarray,
+                              batches: list[str]) -> tuple[np.ndarray, HVGStatistics]:
+        """Over the ``keep`` cells: each gene's total count, and the HVG statistics of their log-normalised values
+        (``reference``: each cell's code into ``batches``, -1 for a cell that is not a reference cell)."""
+        gene_totals, stats = np.zeros(len(genes)), HVGStatistics(genes, batches)
+        for start, chunk in self.chunks():
+            kept = keep[start:start + chunk.shape[0]]
+            gene_totals += np.asarray(chunk[kept].sum(axis=0)).ravel()
+            stats.add(_log_normalised(chunk[kept]), reference[start:start + chunk.shape[0]][kept])
+        return gene_totals, stats
+
+    def columns(self, keep: np.ndarray, columns: np.ndarray) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """The ``keep`` cells' log-normalised values and raw counts in ``columns`` (of the file's genes; -1: a
+        column of zeros), as float32 CSR."""
+        values, counts = [], []
+        present = columns >= 0
+        for start, chunk in self.chunks():
+            chunk = chunk[keep[start:start + chunk.shape[0]]]
+            for out, matrix in ((values, _log_normalised(chunk)), (counts, chunk)):
+                picked = matrix[:, columns[present]].tocoo()
+                out.append(sp.csr_matrix((picked.data, (picked.row, np.flatnonzero(present)[picked.col])),
+                                         shape=(chunk.shape[0], len(columns)), dtype=np.float32))
+        return sp.vstack(values, format="csr"), sp.vstack(counts, format="csr")
+
+
+def _log_normalised(counts: sp.csr_matrix) -> sp.csr_matrix:
+    """scanpy's ``normalize_total(target_sum=1e4)`` then ``log1p`` of cells' ``counts`` (row by row, so a chunk's
+    values are the whole matrix's)."""
+    import scanpy as sc  # only here: it takes seconds, bad data fails sooner, and trial workers only unpickle
+
+    cells = ad.AnnData(counts.copy())
+    sc.pp.normalize_total(cells, target_sum=1e4)
+    sc.pp.log1p(cells)
+    return sp.csr_matrix(cells.X, dtype=np.float32)
+
+
 def _counts(adata: ad.AnnData, layer: str | None, source: str) -> sp.csr_matrix:
-    named = [name for name in adata.layers if name is not None]  # anndata 0.13 lists X as layers[None]
-    if layer is not None and layer not in named:
-        raise DataError(
-            f"{source}: counts_layer {layer!r} is not a layer; layers are {named} "
-            "(leave counts_layer empty if X holds raw counts)", "counts_layer"
-        )
-    matrix = adata.layers[layer] if layer is not None else adata.X
-    where = f"layers[{layer!r}]" if layer is not None else "X"
-    hint = "" if layer is not None else f"; set counts_layer if a layer holds them (layers: {named})"
-    if matrix is None:
-        raise DataError(f"{source}: X is empty; expected raw counts{hint}", "counts_layer")
-    counts = sp.csr_matrix(matrix, dtype=np.float32)
-    problems = _count_problems(counts, adata.obs_names, adata.var_names)
-    if problems:
-        raise DataError(
-            f"{source}: {where} does not hold raw counts: {'; '.join(problems)}; "
-            f"expected non-negative integers{hint}", "counts_layer"
-        )
-    return counts
+    """``adata``'s raw counts (``CountRows``), checked, as one float32 CSR matrix."""
+    rows = CountRows.of(adata, layer, source)
+    rows.checked_totals()
+    return sp.csr_matrix(rows.matrix, dtype=np.float32)
 
 
-def _count_problems(counts: sp.csr_matrix, cells: pd.Index, genes: pd.Index) -> list[str]:
-    """How many stored values are not counts, by kind, each with an example; every value is checked."""
+def _count_problems(counts: sp.csr_matrix, cells: pd.Index, genes: pd.Index) -> dict[str, tuple[int, str]]:
+    """How many stored values of ``counts`` (rows: ``cells``) are not counts, by kind, each with its first example;
+    every value is checked."""
     data = counts.data
     found: dict[str, list[int]] = {}  # kind -> [how many, index of the first]
     for start in range(0, len(data), _CHUNK):
@@ -424,8 +520,8 @@ def _count_problems(counts: sp.csr_matrix, cells: pd.Index, genes: pd.Index) -> 
             hits = np.flatnonzero(mask)
             if hits.size:
                 found.setdefault(kind, [0, start + int(hits[0])])[0] += hits.size
-    problems = []
+    problems = {}
     for kind, (n, i) in found.items():
         cell = cells[np.searchsorted(counts.indptr, i, side="right") - 1]
-        problems.append(f"{n} values are {kind} (e.g. {data[i]:g} at cell {cell!r}, gene {genes[counts.indices[i]]!r})")
+        problems[kind] = n, f"e.g. {data[i]:g} at cell {cell!r}, gene {genes[counts.indices[i]]!r}"
     return problems

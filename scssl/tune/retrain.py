@@ -228,7 +228,7 @@ def retrain_stage(experiment: Experiment, data_refs: dict, tracker: Tracker,
     seeds = ", ".join(f"{len(cfg.final.seeds_for(task))} seed(s) for {task}" for task in cfg.tasks)
     print(f"[retrain] {len(todo)} of {len(jobs)} jobs to run ({seeds} per configuration)", flush=True)
     threads = max(1, int(cfg.tune.cpus_per_trial))
-    task = ray.remote(run_job).options(num_cpus=cfg.tune.cpus_per_trial, num_gpus=cfg.tune.gpus_per_trial)
+    task = ray.remote(run_job)
     queue = iter(todo)
     asks = {job.key: (memory or {}).get(job.dataset, {}).get(job.method, 0) for job in todo}  # bytes of memory
     largest = max(asks.values(), default=0)
@@ -241,7 +241,8 @@ def retrain_stage(experiment: Experiment, data_refs: dict, tracker: Tracker,
                 run_id = tracker.start_run(f"{job.label}/{job.task}/seed{job.seed}", job.tags, job.config)
                 open_runs[run_id] = job
                 tracker.log_json(run_id, job.trial.as_dict(), "config.json")
-                in_flight[task.options(memory=asks[job.key]).remote(data_refs[job.dataset], job, threads)] = run_id
+                asked = task.options(num_cpus=cfg.tune.cpus_per_trial, num_gpus=cfg.tune.gpus_per_trial, memory=asks[job.key])
+                in_flight[asked.remote(data_refs[job.dataset], job, threads)] = run_id
             [ref], _ = ray.wait(list(in_flight), num_returns=1)
             run_id = in_flight.pop(ref)
             failure = _record(experiment, tracker, open_runs[run_id], run_id, ref, f"{n}/{len(todo)}")

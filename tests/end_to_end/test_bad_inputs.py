@@ -318,5 +318,5 @@ def test_an_impossible_request_on_the_local_ray_stops_before_any_trial(tmp_path,
     experiment = _experiment(tmp_path, synthetic_h5ad, tune=tune)
     assert main(["run", str(experiment)]) == 2
     err = capsys.readouterr().err
-    assert f"{experiment}: {key}: every trial and job asks for" in err and "the Ray cluster's nodes offer" in err
+    assert f"{experiment}: {key}: a trial or job asks for" in err and "the Ray cluster's nodes offer" in err
     assert not (tmp_path / "out").exists()
