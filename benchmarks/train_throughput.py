@@ -12,6 +12,9 @@ others on RNA alone. Per method and input:
 - step_ms: the method's own step alone on mini-batches gathered in advance (views or masks, forward, backward,
   optimiser step, ``after_step``), the fastest of a few rounds;
 - loop_overhead = (epoch seconds / steps) / (rows_ms + step_ms): what the loop adds (shuffling, the loss sum);
+- for the two-view methods (the seven generic ones and CLEAR) augment_ms, making a mini-batch's two views, and
+  overhead_ratio = (epoch seconds / steps) / (step_ms - augment_ms): a whole step of the loop over the network's
+  own work (the target of at most 2 on a CPU);
 - peak_rss_mb: the peak resident memory of the process that measured the method (each in its own process);
 - others_cpu: the share of the machine's CPU time that other processes took while it was measured; with
   ``--retries N`` a method measured while others took more than 5 % is measured again, up to N times.
@@ -66,6 +69,7 @@ def measure(method: str, sparse: bool, cells: int, genes: int, epochs: int, devi
 
     from scssl.augment import AugmentationConfig
     from scssl.methods import get_method
+    from scssl.methods.base import TwoViewMethod
     from scssl.train import TrainSettings, resolve_device, start_training, train
 
     cls = get_method(method)
@@ -100,13 +104,21 @@ def measure(method: str, sparse: bool, cells: int, genes: int, epochs: int, devi
             model.after_step(step, len(batches))
             yield loss
 
+    def views():
+        for batch in batches:
+            yield model.augmenter(batch.x, batch.index)
+
     rows_s = _best_seconds(gather, dev) / len(batches)
     step_s = _best_seconds(own_steps, dev) / len(batches)
+    two_view = isinstance(model, TwoViewMethod) and not cls.needs_neighbours
+    augment_s = _best_seconds(views, dev) / len(batches) if two_view else None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"method": method, "input": "sparse" if sparse else "dense", "cells": cells, "genes": genes,
             "batch_size": batch_size, "device": str(dev), "precision": precision,
             "cells_per_s": round(steps * batch_size / epoch, 1), "rows_ms": round(rows_s * 1e3, 3),
             "step_ms": round(step_s * 1e3, 3), "loop_overhead": round(epoch / steps / (rows_s + step_s), 3),
+            "augment_ms": None if augment_s is None else round(augment_s * 1e3, 3),
+            "overhead_ratio": None if augment_s is None else round(epoch / steps / (step_s - augment_s), 3),
             "peak_rss_mb": round(peak, 1)}
 
 
@@ -180,11 +192,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     first = rows[0]
     print(f"\n{args.cells} cells x {args.genes} genes, batch {args.batch_size}, clear_pipeline, device "
           f"{first['device']}, precision {args.precision}\n")
-    print("| method | input | cells/s | rows (ms) | step (ms) | loop overhead | peak RSS (MB) | others' CPU |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| method | input | cells/s | rows (ms) | step (ms) | augment (ms) | overhead_ratio | loop overhead "
+          "| peak RSS (MB) | others' CPU |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        augment, ratio = ("–", "–") if r["augment_ms"] is None else (f"{r['augment_ms']:.2f}",
+                                                                      f"{r['overhead_ratio']:.2f}")
         print(f"| {r['method']} | {r['input']} | {r['cells_per_s']:.0f} | {r['rows_ms']:.2f} | {r['step_ms']:.2f} | "
-              f"{r['loop_overhead']:.2f} | {r['peak_rss_mb']:.0f} | {r['others_cpu']:.0%} |")
+              f"{augment} | {ratio} | {r['loop_overhead']:.2f} | {r['peak_rss_mb']:.0f} | {r['others_cpu']:.0%} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
