@@ -454,7 +454,8 @@ class CountRows:
         for start, chunk in self.chunks():
             totals[start:start + chunk.shape[0]] = np.asarray(chunk.sum(axis=1)).ravel()
             for kind, (n, example) in _count_problems(chunk, self.cells[start:], self.genes).items():
-                found[kind] = (found.get(kind, (0, example))[0] + n, found.get(kind, (0, example))[1])
+                seen, first = found.get(kind, (0, example))  # the first chunk's example stays
+                found[kind] = (seen + n, first)
         if found:
             problems = "; ".join(f"{n} values are {kind} ({example})" for kind, (n, example) in found.items())
             raise DataError(f"{self.source}: {self.where} does not hold raw counts: {problems}; "
