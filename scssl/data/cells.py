@@ -1,5 +1,5 @@
 """Cells as methods see them (``Cells``), and on the training device, cut into dense float32 mini-batches
-(``CellMatrix``); ``RowsOf``: rows of a matrix held once, cut without a copy."""
+(``CellMatrix``); ``RowsOf``: rows of a matrix held once, cut without a copy; ``StoredCells``: a matrix on disk."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+from scssl.data.store import CellStore, StoredCells
 
 if TYPE_CHECKING:
     from scssl.augment import NeighbourGraph
@@ -55,10 +57,11 @@ class CellMatrix:
     compiled row loop is several times faster than the index operations that do it elsewhere. On a GPU
     ``gather_rows`` does it without waiting for the device. Of ``RowsOf`` a CPU holds the whole matrix as it is
     (no copy) and maps each mini-batch's rows through the index; a GPU holds the whole matrix too (the copy on
-    the device is the trial's own anyway).
+    the device is the trial's own anyway). Of ``StoredCells`` nothing is held: rows are read from disk, and a
+    training epoch streams (``shuffled``).
     """
 
-    def __init__(self, X: np.ndarray | sp.spmatrix | RowsOf, device: torch.device | str = "cpu"):
+    def __init__(self, X: np.ndarray | sp.spmatrix | RowsOf | StoredCells, device: torch.device | str = "cpu"):
         self.source = X  # what was uploaded: a later user of the same matrix on the device takes this copy
         self.device = torch.device(device)
         self.n_cells, self.n_genes = X.shape
@@ -66,8 +69,11 @@ class CellMatrix:
         if isinstance(X, RowsOf):
             self._index = torch.as_tensor(X.index, dtype=torch.long, device=self.device)
             X = X.matrix
-        self.sparse = sp.issparse(X)
+        self.stored = X if isinstance(X, StoredCells) else None
+        self.sparse = sp.issparse(X) or self.stored is not None
         self._csr = None
+        if self.stored is not None:  # read from disk a mini-batch at a time
+            return
         if self.sparse and self.device.type == "cpu":
             self._csr = sp.csr_matrix(X, dtype=np.float32)
         elif self.sparse:
@@ -82,16 +88,44 @@ class CellMatrix:
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
         if self._index is not None:
             idx = self._index[idx]
+        if self.stored is not None:
+            return dense_on(self.stored.read(idx.cpu().numpy()), self.device)
         if not self.sparse:
             return self._dense.index_select(0, idx)  # a third of the time of self._dense[idx] on a CPU
         if self._csr is not None:
             return torch.from_numpy(self._csr[idx.numpy()].toarray())
         return gather_rows(self._indptr, self._indices, self._values, self._widest, idx, self.n_genes)
 
+    def shuffled(self, batch_size: int, order: torch.Generator):
+        """One epoch of (rows, dense mini-batch), ``batch_size`` rows each in an order drawn from ``order`` (a
+        CPU generator), the last smaller batch dropped (as the study: no tiny batch for BatchNorm). Stored cells
+        come from annbatch's loader of chunks of the pre-shuffled store (``StoredCells.minibatches``), the rest
+        from a permutation, gathered on the device."""
+        if self.stored is not None and self._index is None:
+            seed = int(torch.randint(2**62, (1,), generator=order))
+            for matrix, rows in self.stored.minibatches(batch_size, seed):
+                yield torch.as_tensor(rows, device=self.device), dense_on(matrix, self.device)
+            return
+        permutation = torch.randperm(self.n_cells, generator=order).to(self.device)
+        for b in range(self.n_cells // batch_size):
+            idx = permutation[b * batch_size : (b + 1) * batch_size]
+            yield idx, self.rows(idx)
+
     def batches(self, batch_size: int):
         """Consecutive dense mini-batches over all cells, in order (for embedding)."""
         for start in range(0, self.n_cells, batch_size):
             yield self.rows(torch.arange(start, min(start + batch_size, self.n_cells), device=self.device))
+
+
+def dense_on(matrix: sp.csr_matrix, device: torch.device) -> torch.Tensor:
+    """A CSR matrix read on the host as a dense float32 tensor on ``device``: densified by scipy on a CPU, else
+    sent as CSR (int32 column indices) and densified there."""
+    if device.type == "cpu":
+        return torch.from_numpy(matrix.toarray())
+    sparse = torch.sparse_csr_tensor(torch.from_numpy(matrix.indptr.astype(np.int64)),
+                                     torch.from_numpy(matrix.indices.astype(np.int32)),
+                                     torch.from_numpy(matrix.data), matrix.shape)
+    return sparse.to(device, non_blocking=True).to_dense()
 
 
 def device_bytes(X: np.ndarray | sp.spmatrix | RowsOf) -> int:
@@ -100,6 +134,8 @@ def device_bytes(X: np.ndarray | sp.spmatrix | RowsOf) -> int:
     index = 0
     if isinstance(X, RowsOf):
         X, index = X.matrix, 8 * len(X.index)
+    if isinstance(X, StoredCells):  # streamed: only its mini-batches reach the device
+        return index
     if sp.issparse(X):
         return index + 8 * X.nnz + 8 * (X.shape[0] + 1)
     return index + 4 * X.shape[0] * X.shape[1]
@@ -148,6 +184,14 @@ class Cells:
     @property
     def n_cells(self) -> int:
         return self.X.shape[0]
+
+    @classmethod
+    def of_store(cls, store: CellStore, part: str) -> "Cells":
+        """A store's ``reference`` or ``query`` cells as a network method trains on or embeds them, in the store's
+        order (``X.obs_column("row")`` maps them to the prepared order). Raw counts stay on disk: the methods
+        that read them read whole matrices, which a store is there to avoid."""
+        X = store.cells(part)
+        return cls(X, store.genes, X.obs_column("batch_code").astype(np.int64))
 
     def subset(self, rows: np.ndarray, shared: bool = False) -> "Cells":
         """These cells' ``rows``, without a graph (its rows would no longer match); with ``shared`` the matrices'

@@ -12,9 +12,11 @@ study's code re-selected genes on all cells, so its query genes could differ fro
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -30,6 +32,7 @@ from scssl.data.cells import Cells
 from scssl.data.hvg import HVGStatistics
 from scssl.data.paired import Modality, modality_of, other_modality, pair_cells, preprocess, read_h5mu
 from scssl.data.spec import DataError, DatasetSpec
+from scssl.data.store import STORE_FORMAT, CellStore
 
 REFERENCE, QUERY = "reference", "query"
 INPUTS = ("counts", "other_counts")  # what a method may read besides the normalised data (``SSLMethod.inputs``)
@@ -226,6 +229,32 @@ def prepare(spec: DatasetSpec, adata: ad.AnnData | None = None, genes: np.ndarra
             stored.close()
 
 
+def prepare_store(spec: DatasetSpec, root: str | Path, genes: np.ndarray | None = None) -> CellStore:
+    """``prepare`` written to disk (a ``CellStore`` in a folder under ``root``) instead of memory, for an atlas
+    larger than memory: the file is read backed a chunk at a time and written a chunk at a time. The folder is
+    named by the data set and a digest of the file (path, size, time of change), the settings and ``genes``, so a
+    later call with the same ones reuses it. RNA data sets alone so far: multimodal ones are prepared in memory."""
+    if spec.modality is not None or spec.path.endswith(".h5mu"):
+        raise DataError(f"{spec.path}: only RNA .h5ad data sets are prepared to disk; multimodal ones are prepared "
+                        "in memory", "modality")
+    adata, stored = read_h5ad_backed(spec.path)  # first: its errors name the file
+    try:
+        stat = Path(spec.path).stat()
+        settings = json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str)
+        key = _sha([], [[STORE_FORMAT, stat.st_size, stat.st_mtime_ns, settings], [] if genes is None else list(genes)])
+        path = Path(root) / f"{spec.label}-{key}"
+        if CellStore.exists(path):
+            return CellStore.open(path)
+        _check_unique(adata.var_names, "gene", "var", spec.path)
+        _check_unique(adata.obs_names, "cell", "obs", spec.path)
+        kept = _kept_cells(spec, adata, stored, [])
+        genes, columns, missing = _chosen_genes(spec, kept, genes)
+        return CellStore.write(path, kept.counts.column_chunks(kept.keep, columns), kept.obs, genes, id=spec.label,
+                               notes=kept.notes, missing_genes=missing)
+    finally:
+        stored.close()
+
+
 def _prepare(spec: DatasetSpec, adata: ad.AnnData, genes: np.ndarray | None, multimodal,
              stored: h5py.File | None) -> PreparedDataset:
     """``prepare`` on the read file; its raw counts read ``_CHUNK_CELLS`` cells at a time (from ``stored``, the open
@@ -240,6 +269,42 @@ def _prepare(spec: DatasetSpec, adata: ad.AnnData, genes: np.ndarray | None, mul
             adata, other, rna_only, paired_notes = pair_cells(adata, measured, spec.modality.kind)
         except DataError as err:
             raise DataError(f"{spec.modality.path or source}: {err}", err.key) from None
+    kept = _kept_cells(spec, adata, stored, paired_notes)
+    if other is not None:
+        where = f"{spec.modality.path or source} ({spec.modality.kind})"
+        try:
+            other_counts = _counts(other, spec.modality.counts_layer, where)[kept.keep]
+        except DataError as err:
+            raise DataError(str(err), f"modality.{err.key}") from None
+    genes, columns, missing = _chosen_genes(spec, kept, genes)
+    X, gene_counts = kept.counts.columns(kept.keep, columns)
+    obs = kept.obs
+    second = None
+    if other is not None:
+        second = preprocess(spec.modality, other_counts, np.asarray(other.var_names.astype(str)),
+                            (obs["split"] == REFERENCE).to_numpy())
+    unpaired = None
+    if rna_only is not None:
+        unpaired = _rna_only_cells(rna_only, spec, genes, list(obs["batch"].cat.categories), source, kept.notes)
+    return PreparedDataset(spec.label, X, genes, obs, spec.batch_key, spec.labels_key, kept.notes, missing,
+                           second, gene_counts, unpaired)
+
+
+@dataclass
+class KeptCells:
+    """The cells ``prepare`` keeps of a file (``keep``, over its cells) and their ``obs`` (``PreparedDataset.obs``),
+    their raw ``counts`` (all the file's cells and genes), and what was dropped (``notes``)."""
+
+    counts: CountRows
+    keep: np.ndarray
+    obs: pd.DataFrame
+    notes: list[str]
+
+
+def _kept_cells(spec: DatasetSpec, adata: ad.AnnData, stored: h5py.File | None, notes: list[str]) -> KeptCells:
+    """The checks of keys, counts and batches, and the cells kept: every problem a DataError before any gene is
+    chosen. ``notes``: those of an earlier step, kept first."""
+    source = spec.path
     for what, key in (("batch_key", spec.batch_key), ("labels_key", spec.labels_key)):
         if key not in adata.obs:
             raise DataError(
@@ -250,14 +315,7 @@ def _prepare(spec: DatasetSpec, adata: ad.AnnData, genes: np.ndarray | None, mul
 
     given = adata.obs[spec.batch_key]
     all_batches = set(given[~_missing(given)].astype(str))
-    keep, notes = _cells_to_keep(adata.obs, totals, spec, source)
-    notes = paired_notes + notes
-    if other is not None:
-        where = f"{spec.modality.path or source} ({spec.modality.kind})"
-        try:
-            other_counts = _counts(other, spec.modality.counts_layer, where)[keep]
-        except DataError as err:
-            raise DataError(str(err), f"modality.{err.key}") from None
+    keep, dropped = _cells_to_keep(adata.obs, totals, spec, source)
     batch = adata.obs[spec.batch_key][keep].astype(str)
     labels = adata.obs[spec.labels_key][keep].astype(str)
     names = adata.obs_names[keep].astype(str)
@@ -278,27 +336,6 @@ def _prepare(spec: DatasetSpec, adata: ad.AnnData, genes: np.ndarray | None, mul
             f"{source}: each of the {len(per_batch)} reference batches in obs[{spec.batch_key!r}] holds a single "
             "cell; expected a column of batches (donors, samples) of several cells each", "batch_key"
         )
-
-    all_genes = adata.var_names.astype(str).to_numpy()
-    reference = np.full(len(keep), -1)
-    reference[np.flatnonzero(keep)[~is_query]] = pd.Categorical(batch[~is_query]).codes
-    gene_totals, stats = counts.normalised_statistics(keep, reference, all_genes,
-                                                      sorted(set(batch[~is_query])))
-    has_counts = gene_totals > 0  # over all cells kept, reference and query alike
-    if not has_counts.all():
-        notes.append(f"dropped {int((~has_counts).sum())} genes with no counts in any cell")
-    missing = None
-    if genes is None:
-        genes = select_hvgs(stats.subset(has_counts), spec.n_hvgs)
-        columns = pd.Index(all_genes).get_indexer(genes)
-    else:
-        genes = np.asarray(genes)
-        columns = _gene_columns(all_genes, has_counts, genes, source)
-        missing = columns < 0
-        notes.append(f"{int(missing.sum())} of the {len(genes)} pretraining genes are not in this data set: "
-                     "their columns are zero")
-    X, gene_counts = counts.columns(keep, columns)
-
     obs = pd.DataFrame(
         {
             "batch": pd.Categorical(batch.to_numpy()),
@@ -307,14 +344,34 @@ def _prepare(spec: DatasetSpec, adata: ad.AnnData, genes: np.ndarray | None, mul
         },
         index=names,
     )
-    second = None
-    if other is not None:
-        second = preprocess(spec.modality, other_counts, np.asarray(other.var_names.astype(str)), ~is_query)
-    unpaired = None
-    if rna_only is not None:
-        unpaired = _rna_only_cells(rna_only, spec, np.asarray(genes), list(obs["batch"].cat.categories), source, notes)
-    return PreparedDataset(spec.label, X, np.asarray(genes), obs, spec.batch_key, spec.labels_key, notes, missing,
-                           second, gene_counts, unpaired)
+    return KeptCells(counts, keep, obs, notes + dropped)
+
+
+def _chosen_genes(spec: DatasetSpec, kept: KeptCells, genes: np.ndarray | None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The prepared data set's genes, each one's column of the file (-1: missing) and, with the pretraining
+    ``genes`` of a transfer, which are missing (else None): one pass over the counts for the genes' totals and the
+    reference cells' HVG statistics. Notes what it drops in ``kept.notes``."""
+    source, notes = spec.path, kept.notes
+    all_genes = kept.counts.genes.astype(str).to_numpy()
+    is_reference = (kept.obs["split"] == REFERENCE).to_numpy()
+    reference_batch = pd.Categorical(kept.obs["batch"].to_numpy()[is_reference].astype(str))
+    reference = np.full(len(kept.keep), -1)
+    reference[np.flatnonzero(kept.keep)[is_reference]] = reference_batch.codes
+    gene_totals, stats = kept.counts.normalised_statistics(kept.keep, reference, all_genes,
+                                                           list(reference_batch.categories))
+    has_counts = gene_totals > 0  # over all cells kept, reference and query alike
+    if not has_counts.all():
+        notes.append(f"dropped {int((~has_counts).sum())} genes with no counts in any cell")
+    if genes is None:
+        genes = np.asarray(select_hvgs(stats.subset(has_counts), spec.n_hvgs))
+        return genes, pd.Index(all_genes).get_indexer(genes), None
+    genes = np.asarray(genes)
+    columns = _gene_columns(all_genes, has_counts, genes, source)
+    missing = columns < 0
+    notes.append(f"{int(missing.sum())} of the {len(genes)} pretraining genes are not in this data set: "
+                 "their columns are zero")
+    return genes, columns, missing
 
 
 def _rna_only_cells(rna: ad.AnnData, spec: DatasetSpec, genes: np.ndarray, batches: list[str], source: str,
@@ -473,18 +530,30 @@ class CountRows:
             stats.add(_log_normalised(chunk[kept]), reference[start:start + chunk.shape[0]][kept])
         return gene_totals, stats
 
-    def columns(self, keep: np.ndarray, columns: np.ndarray) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    def column_chunks(self, keep: np.ndarray, columns: np.ndarray) -> Iterator[tuple[sp.csr_matrix, sp.csr_matrix]]:
         """The ``keep`` cells' log-normalised values and raw counts in ``columns`` (of the file's genes; -1: a
-        column of zeros), as float32 CSR."""
-        values, counts = [], []
+        column of zeros), as float32 CSR, a chunk of consecutive cells at a time."""
         present = columns >= 0
         for start, chunk in self.chunks():
             chunk = chunk[keep[start:start + chunk.shape[0]]]
-            for out, matrix in ((values, _log_normalised(chunk)), (counts, chunk)):
-                picked = matrix[:, columns[present]].tocoo()
-                out.append(sp.csr_matrix((picked.data, (picked.row, np.flatnonzero(present)[picked.col])),
-                                         shape=(chunk.shape[0], len(columns)), dtype=np.float32))
-        return sp.vstack(values, format="csr"), sp.vstack(counts, format="csr")
+            if chunk.shape[0]:
+                yield tuple(_in_columns(matrix[:, columns[present]], present)
+                            for matrix in (_log_normalised(chunk), chunk))
+
+    def columns(self, keep: np.ndarray, columns: np.ndarray) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """``column_chunks`` as two whole matrices."""
+        parts = list(self.column_chunks(keep, columns))
+        if not parts:
+            empty = sp.csr_matrix((0, len(columns)), dtype=np.float32)
+            return empty, empty.copy()
+        return tuple(sp.vstack([part[i] for part in parts], format="csr") for i in range(2))
+
+
+def _in_columns(picked: sp.csr_matrix, present: np.ndarray) -> sp.csr_matrix:
+    """``picked``, the values of the ``present`` columns, placed among all the columns (the others zero)."""
+    picked = picked.tocoo()
+    return sp.csr_matrix((picked.data, (picked.row, np.flatnonzero(present)[picked.col])),
+                         shape=(picked.shape[0], len(present)), dtype=np.float32)
 
 
 def _log_normalised(counts: sp.csr_matrix) -> sp.csr_matrix:

@@ -92,16 +92,12 @@ def start_training(method_cls: type[SSLMethod], params, data: Cells | np.ndarray
         configure_domains(model, cells.batch_codes, device)
     order = torch.Generator(device="cpu").manual_seed(seed)
     batch_size = min(settings.batch_size, rna.n_cells)
-    n_batches = rna.n_cells // batch_size  # drop_last, as the study: no tiny last batch for BatchNorm
 
     def batches(epoch: int) -> Iterator[Batch]:
-        permutation = torch.randperm(rna.n_cells, generator=order).to(device)
-        for b in range(n_batches):
-            idx = permutation[b * batch_size : (b + 1) * batch_size]
-            yield Batch(rna.rows(idx), idx, None if codes is None else codes[idx],
-                        None if other is None else other.rows(idx))
+        for idx, x in rna.shuffled(batch_size, order):
+            yield Batch(x, idx, None if codes is None else codes[idx], None if other is None else other.rows(idx))
 
-    return Training(model, batches, n_batches, tuple(m for m in (rna, other) if m is not None))
+    return Training(model, batches, rna.n_cells // batch_size, tuple(m for m in (rna, other) if m is not None))
 
 
 def train(

@@ -19,8 +19,9 @@ def test_every_benchmark_script_is_smoke_tested():
 EXPECTED_ROWS = {  # what each script's JSON must hold at least
     "evaluation.py": lambda r: r["cells"] > 0 and 0 <= r["max_abs_diff"] < 1 and "scib_seconds_3k" in r,
     "hpo_efficiency.py": lambda r: r["grid_size"] == 1 and len(r["ratio"]) == 1,
-    "scale.py": lambda r: [(row["cells"], row["trials"]) for row in r] == [(3000, 1), (3000, 2)]
-                          and all(row["prep_peak_rss_gb"] > 0 and row["cells_per_s"] > 0 for row in r),
+    "scale.py": lambda r: [(row["cells"], row["data"], row["trials"]) for row in r] == [
+        (3000, "memory", 1), (3000, "memory", 2), (3000, "store", 1), (3000, "store", 2)]
+    and all(row["prep_peak_rss_gb"] > 0 and row["cells_per_s"] > 0 for row in r),
     "scib_versions.py": lambda r: len({row["embedding"] for row in r["rows"]}) == 2 and r["largest_difference"] == 0,
     "train_throughput.py": lambda r: {row["method"] for row in r} >= {"simclr", "mae", "clear", "claire", "concerto",
                                                                        "scclip"} and all(row["cells_per_s"] > 0 for row in r),

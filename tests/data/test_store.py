@@ -1,0 +1,123 @@
+"""The prepared data set on disk (``prepare_store``, ``CellStore``): what it holds, when it is reused, how a training
+epoch streams from it."""
+
+import dataclasses
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from sklearn.neighbors import KNeighborsClassifier
+
+from scssl.augment import AugmentationConfig
+from scssl.data import Cells, DataError, DatasetSpec, prepare, resolve
+from scssl.data.prepare import prepare_store
+from scssl.data.store import CellStore, loader_buffer
+from scssl.methods import SimCLR
+from scssl.train import TrainSettings, embed, train
+from scssl.train.loop import start_training
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory):
+    """Real cells: the built-in Hao 2021 PBMC RNA (1,200 cells, 3 donors, one of them the query)."""
+    return dataclasses.replace(resolve(DatasetSpec(name="pbmc_hao2021"), tmp_path_factory.mktemp("d")), n_hvgs=300)
+
+
+@pytest.fixture(scope="module")
+def store(spec, tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys.modules["scssl.data.prepare"], "_CHUNK_CELLS", 97)  # many chunks, each staged apart
+        return prepare_store(spec, tmp_path_factory.mktemp("stores"))
+
+
+def test_the_store_holds_exactly_what_preparing_in_memory_gives(spec, store):
+    in_memory = prepare(spec)
+    assert store.obs().equals(in_memory.obs)
+    assert list(store.genes) == list(in_memory.genes) and store.notes == in_memory.notes
+    assert store.n_cells == {"reference": len(in_memory.reference_index), "query": len(in_memory.query_index)}
+    for part in ("reference", "query"):
+        cells = store.cells(part)
+        rows = cells.obs_column("row")
+        assert sorted(rows) == sorted(np.flatnonzero(in_memory.obs["split"] == part))
+        assert not np.array_equal(rows, np.sort(rows))  # pre-shuffled
+        everything = np.arange(cells.n_cells)
+        assert (cells.read(everything) != in_memory.X[rows]).nnz == 0
+        assert (cells.of_layer("counts").read(everything) != in_memory.counts[rows]).nnz == 0
+        assert np.array_equal(cells.obs_column("batch_code"), in_memory.batch_codes[rows])
+        some = np.array([7, 0, cells.n_cells - 1, 3])  # any rows, in any order
+        assert (cells.read(some) != in_memory.X[rows[some]]).nnz == 0
+
+
+def test_a_store_is_reused_for_the_same_file_and_settings_and_written_anew_for_others(spec, store, tmp_path):
+    root = store.path.parent
+    written = (store.path / "scssl.json").stat().st_mtime_ns
+    assert prepare_store(spec, root).path == store.path
+    assert (store.path / "scssl.json").stat().st_mtime_ns == written
+    other = prepare_store(dataclasses.replace(spec, n_hvgs=200), tmp_path)
+    assert other.path.name != store.path.name and len(other.genes) == 200
+    partial = tmp_path / "interrupted"  # a write stopped before its meta data: never read as a store
+    (partial / "reference.zarr").mkdir(parents=True)
+    assert not CellStore.exists(partial)
+    meta = json.loads((other.path / "scssl.json").read_text())
+    (other.path / "scssl.json").write_text(json.dumps({**meta, "format": 0}))  # an older format: written anew
+    assert not CellStore.exists(other.path)
+
+
+def test_multimodal_data_is_refused_before_anything_is_read(tmp_path):
+    spec = resolve(DatasetSpec(name="bmmc_cite"), tmp_path)
+    with pytest.raises(DataError, match="only RNA .h5ad data sets are prepared to disk") as caught:
+        prepare_store(spec, tmp_path)
+    assert caught.value.key == "modality"
+
+
+def test_an_epoch_streams_every_cell_once_in_an_order_its_seed_fixes(store):
+    cells = store.cells("reference")
+    epoch = [rows for _, rows in cells.minibatches(1, seed=3)]
+    assert sorted(np.concatenate(epoch)) == list(range(cells.n_cells))
+    batches = list(cells.minibatches(64, seed=3))
+    seen = np.concatenate([rows for _, rows in batches])
+    assert len(batches) == cells.n_cells // 64 and len(set(seen)) == len(seen)  # the last short batch dropped
+    for matrix, rows in batches[:3]:
+        assert (matrix != cells.read(rows)).nnz == 0
+    again = np.concatenate([rows for _, rows in cells.minibatches(64, seed=3)])
+    other = np.concatenate([rows for _, rows in cells.minibatches(64, seed=4)])
+    assert np.array_equal(seen, again) and not np.array_equal(seen, other)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 64, 100, 256, 1000, 1024, 3000])
+def test_the_loader_buffer_is_whole_mini_batches_of_whole_chunks(batch_size):
+    chunk, preload = loader_buffer(batch_size)
+    assert (chunk * preload) % batch_size == 0 and chunk * preload >= batch_size and preload <= 32
+
+
+def test_a_network_trained_from_the_store_beats_the_untrained_one_as_one_trained_in_memory_does(spec, store):
+    reference, query = Cells.of_store(store, "reference"), Cells.of_store(store, "query")
+    labels = {part: store.obs()["label"].cat.codes.to_numpy()[store.cells(part).obs_column("row")]
+              for part in ("reference", "query")}
+    settings = TrainSettings(epochs=10, batch_size=64, lr=1e-3)
+    untrained = start_training(SimCLR, SimCLR.Params(), reference, settings, AugmentationConfig(), seed=0)
+    assert untrained.steps_per_epoch == len(list(untrained.batches(1))) == reference.n_cells // 64
+
+    def accuracy(model, reference, query, labels) -> float:
+        knn = KNeighborsClassifier(15).fit(embed(model, reference), labels[0])
+        return float((knn.predict(embed(model, query)) == labels[1]).mean())
+
+    streamed = accuracy(train(SimCLR, SimCLR.Params(), reference, settings, AugmentationConfig(), seed=0),
+                        reference, query, (labels["reference"], labels["query"]))
+    assert streamed > accuracy(untrained.model, reference, query, (labels["reference"], labels["query"])) + 0.05
+    data = prepare(spec)
+    X, ref, qry = data.X, data.reference_index, data.query_index
+    in_memory = accuracy(train(SimCLR, SimCLR.Params(), X[ref], settings, AugmentationConfig(), seed=0), X[ref],
+                         X[qry], (data.label_codes[ref], data.label_codes[qry]))
+    assert streamed > in_memory - 0.05  # measured: 0.835 and 0.850
+
+
+def test_stored_cells_embed_as_the_same_cells_in_memory(spec, store):
+    in_memory = prepare(spec)
+    cells = Cells.of_store(store, "query")
+    model = train(SimCLR, SimCLR.Params(), in_memory.X[in_memory.reference_index], TrainSettings(epochs=1),
+                  AugmentationConfig(), seed=0)
+    rows = store.cells("query").obs_column("row")
+    torch.testing.assert_close(torch.from_numpy(embed(model, cells)), torch.from_numpy(embed(model, in_memory.X[rows])))
