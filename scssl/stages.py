@@ -32,6 +32,9 @@ class TuneSettings:
     Each trial and job asks Ray for ``cpus_per_trial`` CPUs, ``gpus_per_trial`` GPUs (a fraction shares one) and
     ``memory_per_trial_gb`` GiB of memory (unset: estimated for the method and data set, ``trial_memory``), so a
     node runs only as many as its memory holds.
+    With ``workers_per_trial`` above 1 a trial trains data-parallel on that many Ray Train workers (PyTorch DDP:
+    each worker asks for the CPUs, GPUs and memory above and trains on its own share of the cells; gradients are
+    averaged each step), for a network too large to train fast enough on one device; retraining stays on one.
     A crashing trial is retried up to ``max_retries`` times; a trial whose loss is NaN is not.
     With ``reuse_actors`` a finished trial's worker process runs the next trial, which saves the seconds
     a new worker spends importing torch and scssl; a worker that starts first then takes more of a
@@ -50,6 +53,7 @@ class TuneSettings:
     cpus_per_trial: Annotated[float, Field(gt=0)] = 1.0
     gpus_per_trial: Annotated[float, Field(ge=0)] = 0.0
     memory_per_trial_gb: Annotated[float, Field(gt=0)] | None = None
+    workers_per_trial: Annotated[int, Field(ge=1)] = 1
     max_concurrent_trials: Annotated[int, Field(ge=0)] = 0
     reuse_actors: bool = True
     validation_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2

@@ -184,8 +184,11 @@ def _run_on_ray(experiment: Experiment, datasets: dict[str, PreparedDataset], di
 
     cfg = experiment.config
     local, since = address is None, time.time()
-    # without --verbose, Ray's own warnings (token authentication on, ...) and its workers' output stay out
-    ray.init(address=address or "local", include_dashboard=False,
+    # without --verbose, Ray's own warnings (token authentication on, ...) and its workers' output stay out.
+    # Trials on several workers need the dashboard's state API: a trial that Tune stops (ASHA, or its last epoch)
+    # ends its TorchTrainer's controller abruptly, and Ray Train's cleaner asks that API before it frees the
+    # trainer's reserved workers; without it the next trial's trainer waits for them forever.
+    ray.init(address=address or "local", include_dashboard=cfg.tune.workers_per_trial > 1,
              logging_level=logging.INFO if verbose else logging.ERROR, log_to_driver=verbose,
              runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore"}},
              **({"_node_ip_address": "127.0.0.1"} if local else {}))

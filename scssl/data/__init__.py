@@ -9,11 +9,12 @@ from scssl.data.spec import DatasetSpec
 
 __getattr__ = lazy_exports(__name__, {
     "cells": ["CellMatrix", "Cells"],
-    "prepare": ["DataError", "PreparedDataset", "prepare", "read_h5ad"],
+    "prepare": ["DataError", "PreparedDataset", "prepare", "prepare_store", "read_h5ad"],
+    "store": ["CellStore"],
     "synthetic": ["make_synthetic"],
 })
 
 __all__ = [
-    "BUILTIN_DATASETS", "CellMatrix", "Cells", "DataError", "DatasetSpec", "PreparedDataset",
-    "make_synthetic", "prepare", "read_h5ad", "resolve",
+    "BUILTIN_DATASETS", "CellMatrix", "CellStore", "Cells", "DataError", "DatasetSpec", "PreparedDataset",
+    "make_synthetic", "prepare", "prepare_store", "read_h5ad", "resolve",
 ]

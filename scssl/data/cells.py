@@ -107,9 +107,15 @@ class CellMatrix:
                 yield torch.as_tensor(rows, device=self.device), dense_on(matrix, self.device)
             return
         permutation = torch.randperm(self.n_cells, generator=order).to(self.device)
-        for b in range(self.n_cells // batch_size):
+        for b in range(self.steps(batch_size)):
             idx = permutation[b * batch_size : (b + 1) * batch_size]
             yield idx, self.rows(idx)
+
+    def steps(self, batch_size: int) -> int:
+        """Mini-batches in an epoch of ``shuffled``."""
+        if self.stored is not None and self._index is None:
+            return self.stored.steps(batch_size)
+        return self.n_cells // batch_size
 
     def batches(self, batch_size: int):
         """Consecutive dense mini-batches over all cells, in order (for embedding)."""
@@ -206,6 +212,19 @@ class Cells:
         return Cells(cut_matrix(self.X), self.genes, cut(self.batch_codes), None, cut_matrix(self.counts),
                      cut_matrix(self.other), cut_matrix(self.other_counts), self.other_kind, cut(self.other_observed),
                      cut(self.labels))
+
+    def shard(self, rank: int, workers: int, batch_size: int, seed: int) -> "Cells":
+        """The cells worker ``rank`` of ``workers`` trains on: stored cells its share of the store
+        (``StoredCells.sharded``), others a share of a permutation drawn from ``seed`` (the same on every worker),
+        rows indexed, not copied; each worker as many whole mini-batches of ``batch_size`` as the others."""
+        if isinstance(self.X, StoredCells):
+            return replace(self, X=self.X.sharded(rank, workers))
+        share = self.n_cells // workers // batch_size * batch_size
+        if share == 0:
+            raise ValueError(f"{self.n_cells} cells cannot give each of {workers} workers a mini-batch of "
+                             f"{batch_size}")
+        rows = np.random.default_rng(seed).permutation(self.n_cells)[rank * share:(rank + 1) * share]
+        return self.subset(np.sort(rows), shared=True)
 
     def materialised(self) -> "Cells":
         """These cells with matrices of their own (``RowsOf`` copied out), for a method that reads whole matrices."""

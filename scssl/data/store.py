@@ -16,7 +16,7 @@ import shutil
 import threading
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from queue import Queue
@@ -44,13 +44,26 @@ class StoredCells:
     n_cells: int
     n_genes: int
     layer: str = "X"
+    shard: tuple[int, int] | None = None  # (rank, workers): this worker's share of an epoch's mini-batches
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.n_cells, self.n_genes
 
     def of_layer(self, layer: str) -> "StoredCells":
-        return StoredCells(self.path, self.n_cells, self.n_genes, layer)
+        return replace(self, layer=layer)
+
+    def sharded(self, rank: int, workers: int) -> "StoredCells":
+        """These cells as worker ``rank`` of ``workers`` trains on them: its own contiguous share of the
+        pre-shuffled store, as many whole mini-batches as every other worker's (annbatch's DistributedSampler).
+        Positions stay the store's."""
+        return replace(self, shard=(rank, workers))
+
+    def steps(self, batch_size: int) -> int:
+        """Mini-batches in an epoch of ``minibatches``."""
+        if self.shard is None:
+            return self.n_cells // batch_size
+        return self.n_cells // self.shard[1] // batch_size
 
     @cached_property
     def _groups(self) -> list:
@@ -99,15 +112,17 @@ class StoredCells:
         reads the next buffer while the caller trains on this one. Memory is that buffer, whatever the cells."""
         import anndata as ad
         from annbatch import Loader
+        from annbatch.samplers import DistributedSampler, RandomSampler
 
         def load(group):
             matrix = self._matrix(group)
             return ad.AnnData(X=matrix, obs=pd.DataFrame(index=pd.RangeIndex(matrix.shape[0]).astype(str)))
 
         chunk, preload = loader_buffer(batch_size)
-        loader = Loader(batch_size=batch_size, chunk_size=chunk, preload_nchunks=preload, shuffle=True,
-                        drop_last=True, rng=np.random.default_rng(seed), return_index=True, to=None,
-                        preload_to_gpu=False)
+        sampler = RandomSampler(chunk, preload, batch_size, drop_last=True, rng=np.random.default_rng(seed))
+        if self.shard is not None:
+            sampler = DistributedSampler(sampler, dist_info=lambda: self.shard)
+        loader = Loader(batch_sampler=sampler, return_index=True, to=None, preload_to_gpu=False)
         loader.add_adatas([load(group) for group in self._groups])
         for batch in ahead(loader):
             yield sp.csr_matrix(batch["X"], dtype=np.float32), batch["index"]

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from scssl.augment import AugmentationConfig
 from scssl.data import CellMatrix, Cells
@@ -74,10 +76,17 @@ class Training:
 
 
 def start_training(method_cls: type[SSLMethod], params, data: Cells | np.ndarray | sp.spmatrix,
-                   settings: TrainSettings, augment: AugmentationConfig | None = None, seed: int = 0) -> Training:
+                   settings: TrainSettings, augment: AugmentationConfig | None = None, seed: int = 0,
+                   shard: tuple[int, int] | None = None) -> Training:
     """``method_cls(params)`` built and set up on the device of ``settings`` to train on ``data``. The cells are
-    uploaded once; a mini-batch is gathered there by index, and its order drawn on the host from ``seed``."""
+    uploaded once; a mini-batch is gathered there by index, and its order drawn on the host from ``seed``.
+    With ``shard`` (rank, workers), one worker of a data-parallel training: the same network on every worker
+    (initialised from ``seed``), each training on its own share of the cells (``Cells.shard``) with its own
+    mini-batch order and augmentations (from ``seed`` + rank); ``run_training`` averages their gradients."""
     cells = as_cells(data)
+    rank, workers = shard or (0, 1)
+    if shard is not None:
+        cells = cells.shard(rank, workers, settings.batch_size, seed)
     device = resolve_device(settings.device)
     if device.type == "cuda":
         check_device_memory(device, [cells.X] + ([cells.other] if method_cls.uses_other and cells.other is not None
@@ -85,19 +94,43 @@ def start_training(method_cls: type[SSLMethod], params, data: Cells | np.ndarray
     torch.manual_seed(seed)
     rna, other = _matrices(method_cls, cells, device)
     model = method_cls(rna.n_genes, params, 0 if other is None else other.n_genes).to(device)
+    if shard is not None:
+        torch.manual_seed(seed + rank)  # the workers' dropout differs, as their cells do
     codes = codes_on(cells.batch_codes, device)
-    model.setup(TrainingContext(rna.rows, cells.genes, cells.graph, augment, seed, device,
+    model.setup(TrainingContext(rna.rows, cells.genes, cells.graph, augment, seed + rank, device,
                                 None if other is None else other.rows, codes))
     if uses_domains(model):
         configure_domains(model, cells.batch_codes, device)
-    order = torch.Generator(device="cpu").manual_seed(seed)
+    order = torch.Generator(device="cpu").manual_seed(seed + rank)
     batch_size = min(settings.batch_size, rna.n_cells)
 
     def batches(epoch: int) -> Iterator[Batch]:
         for idx, x in rna.shuffled(batch_size, order):
             yield Batch(x, idx, None if codes is None else codes[idx], None if other is None else other.rows(idx))
 
-    return Training(model, batches, rna.n_cells // batch_size, tuple(m for m in (rna, other) if m is not None))
+    return Training(model, batches, rna.steps(batch_size), tuple(m for m in (rna, other) if m is not None))
+
+
+class _StepLoss(torch.nn.Module):
+    """A method's training loss as a module's forward: DistributedDataParallel syncs the gradients of what its
+    forward computed."""
+
+    def __init__(self, model: SSLMethod):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.model.training_loss(batch)
+
+
+def step_loss(model: SSLMethod) -> Callable[[Batch], torch.Tensor]:
+    """``model.training_loss``; in a process group of several workers (``torch.distributed``, which Ray Train sets
+    up: gloo on CPUs, NCCL on GPUs) the same loss through DistributedDataParallel, so that each backward pass
+    averages the gradients over the workers and every worker takes the same optimiser step. Buffers (BatchNorm's
+    running statistics, a MoCo queue) are rank 0's, broadcast before each step."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return model.training_loss
+    return DistributedDataParallel(_StepLoss(model), find_unused_parameters=True)
 
 
 def train(
@@ -127,9 +160,11 @@ def run_training(training: Training, settings: TrainSettings,
     precision = torch.autocast(resolve_device(settings.device).type, torch.bfloat16,
                                enabled=settings.precision == "bf16")
 
+    loss_of = step_loss(model)
+
     def loss(batch: Batch) -> torch.Tensor:
         with precision:
-            return model.training_loss(batch)
+            return loss_of(batch)
 
     def before_epoch(epoch: int) -> None:
         model.train()
@@ -206,14 +241,18 @@ def fit(
     augment: AugmentationConfig | None,
     seed: int,
     on_epoch: Callable | None = None,
+    shard: tuple[int, int] | None = None,
 ):
     """``method`` fitted on ``cells``: a network trained by the loop (a ``TrainedNetwork``), or a method that
     fits by itself. Either has ``embed(cells)``, and ``reconstruct(X, seed)`` if the method ``Reconstructs``;
-    ``on_epoch(model, report)`` sees the model with the same interface after each epoch."""
+    ``on_epoch(model, report)`` sees the model with the same interface after each epoch. ``shard``: this worker's
+    (rank, workers) of a data-parallel training (``start_training``), for a network method."""
     cls = get_method(method)
     if not issubclass(cls, SSLMethod):
+        if shard is not None:
+            raise ValueError(f"{method} fits by itself, in one process: it cannot train on several workers")
         return cls(params, seed=seed).fit(cells, train_settings, on_epoch)
-    training = start_training(cls, params, cells, train_settings, augment, seed)
+    training = start_training(cls, params, cells, train_settings, augment, seed, shard)
     trained = TrainedNetwork(training.model, training.uploads)
     run_training(training, train_settings, None if on_epoch is None else lambda _, report: on_epoch(trained, report))
     return trained

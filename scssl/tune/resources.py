@@ -48,6 +48,24 @@ def node_shapes() -> list[dict[str, float]]:
             for s in shapes]
 
 
+def workers_that_fit(shapes: list[dict[str, float]], tune, memory: int) -> int:
+    """How many workers of a trial (each asking for ``tune.cpus_per_trial`` CPUs, ``tune.gpus_per_trial`` GPUs and
+    ``memory`` bytes) the nodes of ``shapes`` hold at once."""
+    asked = {"CPU": tune.cpus_per_trial, "GPU": tune.gpus_per_trial, "memory": memory}
+    return sum(int(min(s[kind] // value for kind, value in asked.items() if value > 0)) for s in shapes)
+
+
+def concurrent_trials(tune, memory: int) -> int | None:
+    """The most trials Tune may run at once (None: as many as their own requests allow): ``tune.max_concurrent_trials``,
+    and with several ``workers_per_trial`` no more trials than the cluster holds worker groups. Tune does not see
+    what a trial's TorchTrainer asks for, and trainers that each hold some of their workers would wait forever."""
+    limit = tune.max_concurrent_trials or None
+    if tune.workers_per_trial == 1:
+        return limit
+    groups = max(1, workers_that_fit(node_shapes(), tune, memory) // tune.workers_per_trial)
+    return groups if limit is None else min(limit, groups)
+
+
 def check_resources(experiment, memory: int = 0) -> None:
     """A ConfigError naming the experiment file and the numbers when no node can run a trial or job asking for
     ``memory`` bytes (the most any trial or job of the study asks for)."""
@@ -55,6 +73,12 @@ def check_resources(experiment, memory: int = 0) -> None:
     shapes = node_shapes()
     asked = {"CPU": tune.cpus_per_trial, "GPU": tune.gpus_per_trial, "memory": memory}
     if any(all(s[kind] >= value for kind, value in asked.items()) for s in shapes):
+        fits = workers_that_fit(shapes, tune, memory)
+        if fits < tune.workers_per_trial:
+            raise ConfigError(
+                f"{experiment.source}: tune.workers_per_trial: a trial asks for {tune.workers_per_trial} workers of "
+                f"{tune.cpus_per_trial:g} CPU, {tune.gpus_per_trial:g} GPU and {memory / GIB:.1f} GiB each, but the "
+                f"Ray cluster holds {fits} such workers at once; lower the request or add nodes")
         return
     offered = ", ".join(sorted({f"{s['CPU']:g} CPU / {s['GPU']:g} GPU / {s['memory'] / GIB:.1f} GiB"
                                 for s in shapes})) or "no nodes"

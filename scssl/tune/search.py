@@ -28,6 +28,7 @@ from scssl.search_space import SearchSpace, config_key, trial_settings
 from scssl.stages import TuneSettings
 from scssl.tune.callback import MLflowTrialCallback
 from scssl.tune.domains import grid_param_space, param_space
+from scssl.tune.resources import concurrent_trials
 from scssl.tune.tracking import CONFIG, Tracker, digest
 from scssl.tune.trainable import BATCH_METRIC, EPOCH, MODE, NONFINITE, OBJECTIVES, SCORE, TRIAL_ERROR, run_trial
 
@@ -54,6 +55,9 @@ def tune_key(experiment: Experiment, fingerprint: str, method: str) -> str:
     })
 
 
+WAITING_CPU = 0.01  # what a trial on several workers asks for itself: it only waits for its TorchTrainer's workers
+
+
 def tune_method(experiment: Experiment, dataset: str, fingerprint: str, data_ref, method: str,
                 tracker: Tracker, memory: int = 0) -> list[str]:
     """Run the trials of one method on one data set that MLflow does not hold yet, each asking Ray for ``memory``
@@ -75,13 +79,16 @@ def tune_method(experiment: Experiment, dataset: str, fingerprint: str, data_ref
           f"{cfg.train.epochs} epochs each", flush=True)
     if n_todo == 0:
         return []
+    asked = {"cpu": cfg.tune.cpus_per_trial, "gpu": cfg.tune.gpus_per_trial, "memory": memory}
+    workers = cfg.tune.workers_per_trial
     trainable = tune.with_resources(
         tune.with_parameters(
             run_trial, data=data_ref, method=method, train_settings=cfg.train, augment=cfg.augment,
             seed=cfg.tune.seed, threads=max(1, int(cfg.tune.cpus_per_trial)), objective=cfg.tune.objective,
-            multi_objective=cfg.tune.multi_objective,
+            multi_objective=cfg.tune.multi_objective, workers=workers,
+            worker_resources={"CPU": cfg.tune.cpus_per_trial, "GPU": cfg.tune.gpus_per_trial, "memory": memory},
         ),
-        {"cpu": cfg.tune.cpus_per_trial, "gpu": cfg.tune.gpus_per_trial, "memory": memory},
+        asked if workers == 1 else {"cpu": WAITING_CPU},
     )
     metric = objectives(cfg.tune)[0]
     callback = MLflowTrialCallback(tracker, dataset, method_cls, cfg.train, cfg.augment, total, len(done), key,
@@ -97,8 +104,8 @@ def tune_method(experiment: Experiment, dataset: str, fingerprint: str, data_ref
                 grace_period=min(cfg.tune.grace_period, cfg.train.epochs),
                 reduction_factor=cfg.tune.reduction_factor,
             ),
-            max_concurrent_trials=cfg.tune.max_concurrent_trials or None,
-            reuse_actors=cfg.tune.reuse_actors,
+            max_concurrent_trials=concurrent_trials(cfg.tune, memory),
+            reuse_actors=cfg.tune.reuse_actors and workers == 1,  # Tune cannot reset a trial that ran a trainer
         ),
         run_config=tune.RunConfig(
             name=_fresh_name(experiment, f"{dataset}__{method}"),

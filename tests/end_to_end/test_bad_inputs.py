@@ -305,6 +305,14 @@ def test_a_request_no_node_can_meet_is_exit_2_with_the_numbers(tmp_path, monkeyp
         assert str(experiment.source) in str(err.value) and key in str(err.value) and offered in str(err.value)
     for fits in ({"cpus_per_trial": 8, "gpus_per_trial": 1}, {"cpus_per_trial": 0.5, "gpus_per_trial": 0.25}):
         resources.check_resources(load_experiment(_experiment(tmp_path, synthetic_h5ad, tune=fits)), int(20 * gib))
+    # workers of one trial: 2 CPU each fit once on the first node and 4 times on the second, 5 in all
+    many = {"cpus_per_trial": 2, "workers_per_trial": 6}
+    with pytest.raises(ConfigError, match="tune.workers_per_trial: a trial asks for 6 workers .* holds 5 such"):
+        resources.check_resources(load_experiment(_experiment(tmp_path, synthetic_h5ad, tune=many)), int(gib))
+    tune = load_experiment(_experiment(tmp_path, synthetic_h5ad, tune={**many, "workers_per_trial": 2})).config.tune
+    resources.check_resources(load_experiment(_experiment(tmp_path, synthetic_h5ad, tune={**many, "workers_per_trial": 5})),
+                              int(gib))
+    assert resources.concurrent_trials(tune, int(gib)) == 2  # two groups of two workers at once, not five trials
 
 
 @pytest.mark.slow
