@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from queue import Queue
+from queue import Empty, Queue
 
 import numpy as np
 import pandas as pd
@@ -138,23 +138,35 @@ def loader_buffer(batch_size: int) -> tuple[int, int]:
 
 
 def ahead(items: Iterable, depth: int = 2) -> Iterator:
-    """``items``, each made by a thread while the caller works on the ones before (at most ``depth`` ahead)."""
+    """``items``, each made by a thread while the caller works on the ones before (at most ``depth`` ahead). A
+    caller that stops early stops the thread too (it would otherwise wait forever to hand over the next one)."""
     queue: Queue = Queue(maxsize=depth)
-    done = object()
+    done, stop = object(), threading.Event()
 
     def produce():
         try:
             for item in items:
+                if stop.is_set():
+                    return
                 queue.put(item)
         except BaseException as err:  # raised again in the caller's thread
             queue.put(err)
         queue.put(done)
 
-    threading.Thread(target=produce, daemon=True).start()
-    while (item := queue.get()) is not done:
-        if isinstance(item, BaseException):
-            raise item
-        yield item
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while (item := queue.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # free a thread waiting to put, until it sees the stop
+            try:
+                queue.get(timeout=0.1)
+            except Empty:
+                pass
 
 
 @dataclass(frozen=True)

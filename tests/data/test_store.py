@@ -121,3 +121,17 @@ def test_stored_cells_embed_as_the_same_cells_in_memory(spec, store):
                   AugmentationConfig(), seed=0)
     rows = store.cells("query").obs_column("row")
     torch.testing.assert_close(torch.from_numpy(embed(model, cells)), torch.from_numpy(embed(model, in_memory.X[rows])))
+
+
+def test_a_reader_thread_stops_with_a_caller_that_stops_early():
+    import threading
+
+    from scssl.data.store import ahead
+
+    before = threading.active_count()
+    items = ahead(iter(range(100)), depth=1)
+    assert next(items) == 0 and threading.active_count() == before + 1
+    items.close()
+    assert threading.active_count() == before
+    with pytest.raises(ValueError, match="broken"):
+        list(ahead(int(x) for x in ["1", "broken"]))
