@@ -32,6 +32,7 @@ def store(spec, tmp_path_factory):
         return prepare_store(spec, tmp_path_factory.mktemp("stores"))
 
 
+@pytest.mark.slow  # the store is written once for these: 12 s
 def test_the_store_holds_exactly_what_preparing_in_memory_gives(spec, store):
     in_memory = prepare(spec)
     assert store.obs().equals(in_memory.obs)
@@ -50,6 +51,7 @@ def test_the_store_holds_exactly_what_preparing_in_memory_gives(spec, store):
         assert (cells.read(some) != in_memory.X[rows[some]]).nnz == 0
 
 
+@pytest.mark.slow  # the store is written once for these: 12 s
 def test_a_store_is_reused_for_the_same_file_and_settings_and_written_anew_for_others(spec, store, tmp_path):
     root = store.path.parent
     written = (store.path / "scssl.json").stat().st_mtime_ns
@@ -72,6 +74,7 @@ def test_multimodal_data_is_refused_before_anything_is_read(tmp_path):
     assert caught.value.key == "modality"
 
 
+@pytest.mark.slow  # the store is written once for these: 12 s
 def test_an_epoch_streams_every_cell_once_in_an_order_its_seed_fixes(store):
     cells = store.cells("reference")
     epoch = [rows for _, rows in cells.minibatches(1, seed=3)]
@@ -92,6 +95,7 @@ def test_the_loader_buffer_is_whole_mini_batches_of_whole_chunks(batch_size):
     assert (chunk * preload) % batch_size == 0 and chunk * preload >= batch_size and preload <= 32
 
 
+@pytest.mark.slow  # the store is written once for these: 12 s
 def test_a_network_trained_from_the_store_beats_the_untrained_one_as_one_trained_in_memory_does(spec, store):
     reference, query = Cells.of_store(store, "reference"), Cells.of_store(store, "query")
     labels = {part: store.obs()["label"].cat.codes.to_numpy()[store.cells(part).obs_column("row")]
@@ -114,6 +118,7 @@ def test_a_network_trained_from_the_store_beats_the_untrained_one_as_one_trained
     assert streamed > in_memory - 0.05  # measured: 0.835 and 0.850
 
 
+@pytest.mark.slow  # the store is written once for these: 12 s
 def test_stored_cells_embed_as_the_same_cells_in_memory(spec, store):
     in_memory = prepare(spec)
     cells = Cells.of_store(store, "query")

@@ -447,6 +447,7 @@ def test_a_damaged_store_is_named_with_how_to_start_afresh(small_experiment):
         _note(f"mlflow.db: {damage}", err, 2, seconds, "-")
 
 
+@pytest.mark.slow
 def test_a_read_only_store_is_named_with_how_to_start_afresh(tmp_path, small_experiment):
     """As root, which writes any file, the command runs without the capability that overrides file modes."""
     prefix = []

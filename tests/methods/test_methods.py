@@ -131,7 +131,8 @@ SMALL_DATA_PARAMS = {"moco": {"memory_size": 256, "momentum_start": 0.9},
 EPOCHS = {"concerto": 10}
 
 
-@pytest.mark.parametrize("name", [n for n, c in METHODS.items()  # CLAIRE needs a neighbour graph: test_clear_claire.py
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] * (n in EPOCHS))  # 10 epochs: 15 s
+                                  for n, c in METHODS.items()  # CLAIRE needs a neighbour graph: test_clear_claire.py
                                   if issubclass(c, SSLMethod) and c.modality is None and not c.needs_neighbours])
 def test_a_few_epochs_on_real_data_beat_the_untrained_encoder(name, bmmc):
     from scssl.augment import AugmentationConfig

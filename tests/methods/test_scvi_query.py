@@ -31,6 +31,7 @@ def _fit(cls, ds, epochs=10, lr=1e-3, **params):
                                                                                              batch_size=128))
 
 
+@pytest.mark.slow
 def test_query_batches_are_mapped_by_scarches_surgery_with_the_reference_frozen(pbmc):
     ds = pbmc
     model = _fit(SCVI, ds)
@@ -57,6 +58,7 @@ def test_an_encoder_blind_to_the_batch_embeds_a_query_directly(pbmc):
     np.testing.assert_allclose(model.embed(query), model.embed(as_reference), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls", [SCVI, SCANVI])
 def test_a_few_epochs_on_real_data_type_the_query_better_than_the_untrained_model(cls, pbmc):
     ds = pbmc

@@ -170,12 +170,14 @@ def _fake_study(tracker: Tracker, tmp_path) -> dict:
     return made
 
 
+@pytest.mark.slow
 def test_umap_figure_is_a_png(tmp_path):
     cells, embed = _cells(np.random.default_rng(0))
     out = umap_figure(embed(), cells, "d / pca", tmp_path / "umap.png")
     assert out.read_bytes().startswith(PNG)
 
 
+@pytest.mark.slow
 def test_report_from_mlflow_alone_twice_byte_for_byte(store, tmp_path, capsys, monkeypatch):
     drawn = {}
 
