@@ -85,6 +85,7 @@ def start_training(method_cls: type[SSLMethod], params, data: Cells | np.ndarray
     mini-batch order and augmentations (from ``seed`` + rank); ``run_training`` averages their gradients."""
     cells = as_cells(data)
     rank, workers = shard or (0, 1)
+    own_seed = seed + rank  # a worker's own mini-batch order, augmentations and dropout
     if shard is not None:
         cells = cells.shard(rank, workers, settings.batch_size, seed)
     device = resolve_device(settings.device)
@@ -95,13 +96,13 @@ def start_training(method_cls: type[SSLMethod], params, data: Cells | np.ndarray
     rna, other = _matrices(method_cls, cells, device)
     model = method_cls(rna.n_genes, params, 0 if other is None else other.n_genes).to(device)
     if shard is not None:
-        torch.manual_seed(seed + rank)  # the workers' dropout differs, as their cells do
+        torch.manual_seed(own_seed)
     codes = codes_on(cells.batch_codes, device)
-    model.setup(TrainingContext(rna.rows, cells.genes, cells.graph, augment, seed + rank, device,
+    model.setup(TrainingContext(rna.rows, cells.genes, cells.graph, augment, own_seed, device,
                                 None if other is None else other.rows, codes))
     if uses_domains(model):
         configure_domains(model, cells.batch_codes, device)
-    order = torch.Generator(device="cpu").manual_seed(seed + rank)
+    order = torch.Generator(device="cpu").manual_seed(own_seed)
     batch_size = min(settings.batch_size, rna.n_cells)
 
     def batches(epoch: int) -> Iterator[Batch]:

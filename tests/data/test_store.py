@@ -98,8 +98,8 @@ def test_the_loader_buffer_is_whole_mini_batches_of_whole_chunks(batch_size):
 @pytest.mark.slow  # the store is written once for these: 12 s
 def test_a_network_trained_from_the_store_beats_the_untrained_one_as_one_trained_in_memory_does(spec, store):
     reference, query = Cells.of_store(store, "reference"), Cells.of_store(store, "query")
-    labels = {part: store.obs()["label"].cat.codes.to_numpy()[store.cells(part).obs_column("row")]
-              for part in ("reference", "query")}
+    codes = store.obs()["label"].cat.codes.to_numpy()
+    labels = {part: codes[store.cells(part).obs_column("row")] for part in ("reference", "query")}
     settings = TrainSettings(epochs=10, batch_size=64, lr=1e-3)
     untrained = start_training(SimCLR, SimCLR.Params(), reference, settings, AugmentationConfig(), seed=0)
     assert untrained.steps_per_epoch == len(list(untrained.batches(1))) == reference.n_cells // 64
