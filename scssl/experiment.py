@@ -46,6 +46,7 @@ class ExperimentConfig:
     output_dir: str | None = None
     tracking_uri: str | None = None
     tracking_wait: Annotated[float, Field(gt=0)] = 60.0  # seconds to wait for a store that stops answering
+    store_dir: str | None = None  # where data sets prepared to disk go: shared by the studies that name the same
 
 
 @dataclass(frozen=True)
@@ -67,11 +68,18 @@ class Experiment:
     def results_dir(self) -> Path:
         return self.study_dir / "results"
 
+    @property
+    def store_dir(self) -> Path:
+        """Where data sets too large for memory are prepared to disk (``DatasetSpec.store_from_cells``), each in a
+        folder named by its file and settings, which later studies reuse: ``studies/stores`` beside the file."""
+        return _under(self.source.parent, self.config.store_dir or "studies/stores")
+
     def relocated(self) -> dict:
         """The experiment file's content with its paths made absolute and ``output_dir`` the study folder
         itself: the study folder's copy, which runs (or reports) the same study from there."""
         raw = read_yaml(self.source)
         raw["output_dir"] = "."
+        raw["store_dir"] = str(self.store_dir)
         raw["search_spaces"] = str(_under(self.source.parent, self.config.search_spaces))
         raw["datasets"] = [_relocated(entry, spec) for entry, spec in zip(raw["datasets"], self.datasets)]
         return raw

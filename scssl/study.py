@@ -108,18 +108,42 @@ def prepare_datasets(experiment: Experiment, stages: tuple[str, ...] = STAGES) -
         t = time.perf_counter()
         try:
             genes = datasets[spec.pretrain].genes if spec.pretrain is not None else None
-            ds = prepare(spec, genes=genes)
+            ds = prepare(spec, genes=genes, store_root=experiment.store_dir)
             check_tasks(ds, experiment.config.tasks, spec.path, tunes)
         except DataError as err:
             raise ConfigError(f"{experiment.source}: datasets.{i}.{err.key}: {err}") from None
-        n_query = len(ds.query_index)
-        print(f"[data] {spec.label}: {ds.n_cells} cells ({ds.n_cells - n_query} reference, {n_query} query), "
+        if ds.store is not None:
+            _check_streamed(experiment, i, ds)
+        n_cells = ds.n_cells if ds.store is None else sum(ds.store.n_cells.values())
+        n_query = len(ds.query_index) if ds.store is None else ds.store.n_cells["query"]
+        print(f"[data] {spec.label}: {n_cells} cells ({n_cells - n_query} reference, {n_query} query), "
               f"{ds.X.shape[1]} genes, {ds.obs['batch'].nunique()} batches, {ds.obs['label'].nunique()} labels "
               f"({time.perf_counter() - t:.1f} s)", flush=True)
         for note in ds.notes:
             print(f"[data] {spec.label}: {note}", flush=True)
         datasets[spec.label] = ds
     return {spec.label: datasets[spec.label] for spec in experiment.datasets}
+
+
+def _check_streamed(experiment: Experiment, i: int, ds: PreparedDataset) -> None:
+    """Every method of the experiment can train on the data set ``ds`` streamed from its store: a ConfigError naming
+    the first that cannot, and why."""
+    from scssl.evaluate.shared import cannot_stream
+
+    n_cells = sum(ds.store.n_cells.values())
+    why = {method: cannot_stream(get_method(method)) for method in experiment.config.methods}
+    if experiment.uses_neighbours:  # a BBKNN or MNN augmentation
+        why = {method: reason or "its BBKNN and MNN augmentations need a neighbour graph of all cells"
+               for method, reason in why.items()}
+    refused = {method: reason for method, reason in why.items() if reason is not None}
+    if refused:
+        first, *others = refused
+        also = f"; nor can {', '.join(others)}" if others else ""
+        raise ConfigError(
+            f"{experiment.source}: datasets.{i}.store_from_cells: data set {ds.id!r} has {n_cells:,} cells, so it is "
+            f"prepared to disk and streamed to the methods; {first} cannot train on streamed cells "
+            f"({refused[first]}){also}. Leave {'them' if others else 'it'} out, or raise store_from_cells to hold "
+            "the data set in memory")
 
 
 def fingerprints(experiment: Experiment, datasets: dict[str, PreparedDataset]) -> dict[str, dict[str, str]]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ import scipy.sparse as sp
 from scssl.data.cells import Cells
 from scssl.data.hvg import HVGStatistics
 from scssl.data.paired import Modality, modality_of, other_modality, pair_cells, preprocess, read_h5mu
-from scssl.data.spec import DataError, DatasetSpec
+from scssl.data.spec import STORAGE_FIELDS, DataError, DatasetSpec
 from scssl.data.store import STORE_FORMAT, CellStore
 
 REFERENCE, QUERY = "reference", "query"
@@ -59,7 +60,9 @@ class PreparedDataset:
     ``missing_genes`` marks the columns this file lacks (all zero). ``other`` is the second modality of
     multimodal data (its rows are these cells). ``counts`` holds the raw counts of ``X``'s genes (zero
     where a gene is missing), for methods with a count likelihood. ``rna_only``: mosaic data's cells measured
-    by RNA alone, for the methods that train on them (the tasks score the paired cells).
+    by RNA alone, for the methods that train on them (the tasks score the paired cells). ``store``: an atlas
+    prepared to disk (``prepare_store``), all of whose cells the methods train on, streamed; ``X``, ``counts`` and
+    ``obs`` then hold a sample of its cells (``sampled``), which the tasks score.
     """
 
     id: str
@@ -73,6 +76,22 @@ class PreparedDataset:
     other: Modality | None = None
     counts: sp.csr_matrix | None = None
     rna_only: RNAOnlyCells | None = None
+    store: CellStore | None = None
+
+    @classmethod
+    def sampled(cls, store: CellStore, max_cells: int, batch_key: str, labels_key: str) -> "PreparedDataset":
+        """A store's data set with ``max_cells`` of its cells in memory, the reference and query cells in proportion:
+        the first ones of each part, a random sample (the store is shuffled). Their order is the store's, so the
+        sample's reference cells are the first of ``store.cells("reference")``."""
+        total = sum(store.n_cells.values())
+        take = {part: min(n, math.ceil(max_cells * n / total)) for part, n in store.n_cells.items()}
+        matrices = {layer: sp.vstack([store.cells(part, layer).read(np.arange(n)) for part, n in take.items()],
+                                     format="csr") for layer in ("X", "counts")}
+        obs = store.obs_of({part: store.cells(part).head_obs(n) for part, n in take.items()}).drop(columns="row")
+        note = (f"the tasks score {len(obs):,} of its {total:,} cells (a random sample, held in memory); methods "
+                f"train on all of them, streamed from {store.path}")
+        return cls(store.id, matrices["X"], store.genes, obs, batch_key, labels_key, [*store.notes, note],
+                   store.missing_genes, counts=matrices["counts"], store=store)
 
     @property
     def n_cells(self) -> int:
@@ -107,6 +126,7 @@ class PreparedDataset:
         parts = [np.asarray(self.X.shape, "<i8"), *_csr_parts(self.X)]
         texts = [self.genes, self.obs.index, self.obs["batch"], self.obs["label"], self.obs["split"]]
         texts += [] if self.missing_genes is None else [self.missing_genes]
+        texts += [] if self.store is None else [[self.store.path.name]]  # the file and settings it was prepared by
         if self.rna_only is not None:
             parts += [*_csr_parts(self.rna_only.cells.X), np.asarray(self.rna_only.cells.batch_codes, "<i8")]
         if self.other is not None:
@@ -211,10 +231,16 @@ def _read(path: Path, read):
         raise DataError(f"{path}: not a readable .h5ad file ({reason})", "path") from None
 
 
-def prepare(spec: DatasetSpec, adata: ad.AnnData | None = None, genes: np.ndarray | None = None) -> PreparedDataset:
+def prepare(spec: DatasetSpec, adata: ad.AnnData | None = None, genes: np.ndarray | None = None,
+            store_root: str | Path | None = None) -> PreparedDataset:
     """Load (unless ``adata`` is given), check and preprocess the data set of a resolved ``spec``. With
     ``genes`` (a pretraining data set's), its columns are those genes by name instead of its own HVGs:
-    each cell normalised over its own genes, a pretraining gene it lacks all zero."""
+    each cell normalised over its own genes, a pretraining gene it lacks all zero. With ``store_root``, an RNA
+    ``.h5ad`` of at least ``spec.store_from_cells`` cells is prepared to disk under it (``prepare_store``) and
+    held in memory as a sample of ``spec.evaluation_cells`` (``PreparedDataset.sampled``)."""
+    if store_root is not None and adata is None and _to_disk(spec):
+        return PreparedDataset.sampled(prepare_store(spec, store_root, genes), spec.evaluation_cells, spec.batch_key,
+                                       spec.labels_key)
     source = spec.path
     multimodal = read_h5mu(spec.path) if spec.path.endswith(".h5mu") else None  # read once, for both modalities
     stored = None
@@ -229,6 +255,22 @@ def prepare(spec: DatasetSpec, adata: ad.AnnData | None = None, genes: np.ndarra
             stored.close()
 
 
+def _to_disk(spec: DatasetSpec) -> bool:
+    """Whether the data set of ``spec`` is prepared to disk: an RNA ``.h5ad`` (multimodal data sets are prepared in
+    memory so far) of at least ``spec.store_from_cells`` cells, counted without reading them."""
+    if spec.store_from_cells is None or spec.modality is not None or not spec.path.endswith(".h5ad"):
+        return False
+
+    def cells() -> int:  # the index of obs: an array of names, or an encoded one (categorical, nullable: a group)
+        with h5py.File(spec.path, "r") as f:
+            index = f["obs"][f["obs"].attrs["_index"]]
+            if isinstance(index, h5py.Group):
+                index = index["codes" if "codes" in index else "values"]
+            return index.shape[0]
+
+    return _read(Path(spec.path), cells) >= spec.store_from_cells
+
+
 def prepare_store(spec: DatasetSpec, root: str | Path, genes: np.ndarray | None = None) -> CellStore:
     """``prepare`` written to disk (a ``CellStore`` in a folder under ``root``) instead of memory, for an atlas
     larger than memory: the file is read backed a chunk at a time and written a chunk at a time. The folder is
@@ -240,7 +282,8 @@ def prepare_store(spec: DatasetSpec, root: str | Path, genes: np.ndarray | None 
     adata, stored = read_h5ad_backed(spec.path)  # first: its errors name the file
     try:
         stat = Path(spec.path).stat()
-        settings = json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str)
+        what = {key: value for key, value in dataclasses.asdict(spec).items() if key not in STORAGE_FIELDS}
+        settings = json.dumps(what, sort_keys=True, default=str)
         key = _sha([], [[STORE_FORMAT, stat.st_size, stat.st_mtime_ns, settings], [] if genes is None else list(genes)])
         path = Path(root) / f"{spec.label}-{key}"
         if CellStore.exists(path):

@@ -61,6 +61,9 @@ class DatasetSpec:
     cells and scored on this one's, whose genes are aligned to the pretraining genes by name (transfer).
     ``path`` may be a ``.h5mu`` file: its ``rna_mod`` modality is the RNA, and ``modality.mod`` names the
     second one; ``modality`` (``ModalitySpec``) makes the data set multimodal.
+    An RNA ``.h5ad`` of ``store_from_cells`` cells or more (null: never) is prepared to disk, once, into a store
+    that every later study reuses, and methods train on it streamed, in bounded memory; the tasks then score
+    ``evaluation_cells`` of its cells (a random sample, held in memory). Smaller data sets are held in memory.
     """
 
     name: str | None = None
@@ -76,6 +79,8 @@ class DatasetSpec:
     pretrain: str | None = None
     modality: ModalitySpec | None = None
     rna_mod: str = "rna"
+    store_from_cells: Annotated[int, Field(ge=1)] | None = 1_000_000
+    evaluation_cells: Annotated[int, Field(ge=100)] = 100_000
 
     def __post_init__(self) -> None:
         if self.name is None and self.path is None:
@@ -104,6 +109,8 @@ def _absolute(value: str, base_dir: Path) -> str:
     path = Path(value).expanduser()
     return str(path if path.is_absolute() else (base_dir / path).resolve())
 
+
+STORAGE_FIELDS = ("store_from_cells", "evaluation_cells")  # where prepared cells are held, not what they are
 
 X_HOLDS_COUNTS = "X"  # ``counts_layer: X`` beside a name: the file's X holds the raw counts, not the name's layer
 

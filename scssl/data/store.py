@@ -16,7 +16,7 @@ import shutil
 import threading
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from functools import cached_property
 from pathlib import Path
 from queue import Empty, Queue
@@ -28,6 +28,7 @@ import scipy.sparse as sp
 STORE_FORMAT = 1  # bumped when what a store holds changes: an older store is then written anew
 META = "scssl.json"
 PARTS = ("reference", "query")
+OBS_COLUMNS = ("row", "batch_code", "label_code")  # each stored cell's obs, besides its name
 DATASET_SIZE = "512MB"  # the rows annbatch shuffles in memory at once while it writes: bounds its memory
 SHUFFLE_SLICE = 1000  # consecutive cells annbatch moves together when it shuffles the store
 CHUNK_CELLS = 256  # consecutive stored cells a mini-batch loader reads at once ...
@@ -36,11 +37,11 @@ PRELOAD_CHUNKS = 32  # ... and how many such chunks it holds and shuffles togeth
 
 @dataclass(frozen=True)
 class StoredCells:
-    """One part (``reference`` or ``query``) of a store: a cells x genes matrix on disk (``layer``: ``X``, the
-    normalised values, or ``counts``), read a mini-batch at a time. Small and picklable: a Ray trial gets the
-    path, not the cells, and opens the store itself."""
+    """Cells of a store (its ``reference`` or ``query`` part, or both, one after the other): a cells x genes matrix on
+    disk (``layer``: ``X``, the normalised values, or ``counts``), read a mini-batch at a time. Small and picklable:
+    a Ray trial gets the ``paths`` (of each part's zarr store), not the cells, and opens the store itself."""
 
-    path: str
+    paths: tuple[str, ...]
     n_cells: int
     n_genes: int
     layer: str = "X"
@@ -65,12 +66,19 @@ class StoredCells:
             return self.n_cells // batch_size
         return self.n_cells // self.shard[1] // batch_size
 
+    def __getstate__(self) -> dict:
+        """The fields alone: the open zarr groups and offsets cached below are opened anew where it is unpickled."""
+        return {field.name: getattr(self, field.name) for field in fields(self)}
+
     @cached_property
     def _groups(self) -> list:
         import zarr
 
-        root = zarr.open_group(self.path, mode="r")
-        return [root[key] for key in sorted(root.group_keys(), key=lambda key: int(key.split("_")[1]))]
+        groups = []
+        for path in self.paths:
+            root = zarr.open_group(path, mode="r")
+            groups += [root[key] for key in sorted(root.group_keys(), key=lambda key: int(key.split("_")[1]))]
+        return groups
 
     def _matrix(self, group):
         import anndata as ad
@@ -86,6 +94,22 @@ class StoredCells:
         import anndata as ad
 
         return np.concatenate([ad.io.read_elem(group["obs"][name]) for group in self._groups])
+
+    def head_obs(self, n: int | None = None) -> pd.DataFrame:
+        """The first ``n`` stored cells' (None: all) ``row``, ``batch_code`` and ``label_code``, indexed by cell name;
+        only the data sets that hold them are read."""
+        import anndata as ad
+
+        n = self.n_cells if n is None else n
+        frames = []
+        for group, start in zip(self._groups, self._offsets):
+            if start >= n:
+                break
+            obs = group["obs"]
+            take = slice(0, n - start)
+            frames.append(pd.DataFrame({name: ad.io.read_elem(obs[name])[take] for name in OBS_COLUMNS},
+                                       index=ad.io.read_elem(obs[obs.attrs["_index"]])[take]))
+        return pd.concat(frames) if frames else pd.DataFrame({name: np.zeros(0, np.int64) for name in OBS_COLUMNS})
 
     def read(self, rows: np.ndarray) -> sp.csr_matrix:
         """The stored cells ``rows`` (positions in the store's order, in any order) as float32 CSR; consecutive
@@ -110,20 +134,15 @@ class StoredCells:
         cells' matrix (float32 CSR) and their positions in the store. annbatch reads ``CHUNK_CELLS`` consecutive
         cells of the pre-shuffled store at a time and shuffles ``PRELOAD_CHUNKS`` chunks together; a thread
         reads the next buffer while the caller trains on this one. Memory is that buffer, whatever the cells."""
-        import anndata as ad
         from annbatch import Loader
         from annbatch.samplers import DistributedSampler, RandomSampler
-
-        def load(group):
-            matrix = self._matrix(group)
-            return ad.AnnData(X=matrix, obs=pd.DataFrame(index=pd.RangeIndex(matrix.shape[0]).astype(str)))
 
         chunk, preload = loader_buffer(batch_size)
         sampler = RandomSampler(chunk, preload, batch_size, drop_last=True, rng=np.random.default_rng(seed))
         if self.shard is not None:
             sampler = DistributedSampler(sampler, dist_info=lambda: self.shard)
         loader = Loader(batch_sampler=sampler, return_index=True, to=None, preload_to_gpu=False)
-        loader.add_adatas([load(group) for group in self._groups])
+        loader.add_datasets([self._matrix(group) for group in self._groups])  # no obs: names would cost memory per cell
         for batch in ahead(loader):
             yield sp.csr_matrix(batch["X"], dtype=np.float32), batch["index"]
 
@@ -201,8 +220,11 @@ class CellStore:
         return meta.is_file() and json.loads(meta.read_text()).get("format") == STORE_FORMAT
 
     def cells(self, part: str, layer: str = "X") -> StoredCells:
-        """The ``reference`` or ``query`` cells' ``X`` or raw ``counts``."""
-        return StoredCells(str(self.path / f"{part}.zarr"), self.n_cells[part], len(self.genes), layer)
+        """The ``reference`` or ``query`` cells' ``X`` or raw ``counts``; ``all``: the reference cells, then the query
+        cells."""
+        parts = [name for name in PARTS if part in (name, "all") and self.n_cells[name]]
+        return StoredCells(tuple(str(self.path / f"{name}.zarr") for name in parts),
+                           sum(self.n_cells[name] for name in parts), len(self.genes), layer)
 
     @classmethod
     def write(cls, path: str | Path, chunks: Iterable[tuple[sp.csr_matrix, sp.csr_matrix]], obs: pd.DataFrame,
@@ -256,20 +278,15 @@ class CellStore:
     def obs(self) -> pd.DataFrame:
         """Every stored cell's ``batch``, ``label`` and ``split`` (categorical) in the prepared order, indexed by cell
         name, as ``PreparedDataset.obs``."""
-        import anndata as ad
+        return self.obs_of({part: self.cells(part).head_obs() for part in PARTS}).sort_values("row").drop(columns="row")
 
-        frames = []
-        for part in PARTS:
-            if not self.n_cells[part]:
-                continue
-            cells = self.cells(part)
-            names = np.concatenate([ad.io.read_elem(group["obs"][group["obs"].attrs["_index"]])
-                                    for group in cells._groups])
-            frames.append(pd.DataFrame({"row": cells.obs_column("row"), "batch": cells.obs_column("batch_code"),
-                                        "label": cells.obs_column("label_code"), "split": part}, index=names))
-        frame = pd.concat(frames).sort_values("row")
+    def obs_of(self, stored: dict[str, pd.DataFrame]) -> pd.DataFrame:
+        """Each part's stored obs (``StoredCells.head_obs``), one after the other, as ``PreparedDataset.obs``
+        (categorical ``batch``, ``label`` and ``split``) with the cells' ``row`` beside."""
+        frame = pd.concat([obs.assign(split=part) for part, obs in stored.items()])
         return pd.DataFrame({
-            "batch": pd.Categorical.from_codes(frame["batch"].to_numpy(), self.batches),
-            "label": pd.Categorical.from_codes(frame["label"].to_numpy(), self.labels),
+            "batch": pd.Categorical.from_codes(frame["batch_code"].to_numpy(), self.batches),
+            "label": pd.Categorical.from_codes(frame["label_code"].to_numpy(), self.labels),
             "split": pd.Categorical(frame["split"].to_numpy(), categories=list(PARTS)),
-        }, index=frame.index.rename(None))
+            "row": frame["row"].to_numpy(),
+        }, index=pd.Index(frame.index.astype(str), name=None))

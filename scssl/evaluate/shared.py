@@ -87,6 +87,9 @@ class SharedData:
             ds, rows, graph = self.dataset, None, self.all_graph
         else:
             ds, rows, graph = self.dataset, self.dataset.reference_index, self.reference_graph
+        if ds.store is not None:
+            return self._stored_training_data("all" if rows is None else "reference", ds,
+                                              validating and ds is self.dataset)
         labels = ds.label_codes if rows is None else ds.label_codes[rows]
         if validating and ds is self.dataset and cells == "reference":
             labels = np.where(self.is_validation, -1, labels)
@@ -96,6 +99,15 @@ class SharedData:
             return data
         return data.with_rna_only(extra.cells if rows is None else extra.cells.subset(~extra.is_query))
 
+
+    def _stored_training_data(self, part: str, ds: PreparedDataset, validating: bool) -> Cells:
+        """``training_data`` of a data set on disk: its ``part`` of the store (``reference`` or ``all``), streamed,
+        with labels. The validation cells are the sample's first reference cells, and so the store's first ones."""
+        cells = Cells.of_store(ds.store, part)
+        labels = cells.X.obs_column("label_code").astype(np.int64)
+        if validating:
+            labels[:len(self.is_validation)][self.is_validation] = -1
+        return replace(cells, labels=labels)
 
     def trial_data(self, method: type) -> tuple[Cells, Cells]:
         """A tuning trial's training cells (the reference, validation labels hidden; in a transfer the pretraining
@@ -128,6 +140,18 @@ def fit_method(shared: SharedData, inputs: TaskInputs, cells: str):
     model = fit(inputs.method, trial.params, data, trial.train, trial.augment, inputs.seed)
     inputs.timings["train_seconds"] += time.perf_counter() - started
     return model
+
+
+def cannot_stream(method: type) -> str | None:
+    """Why ``method`` cannot train on cells streamed from a store (None: it can): only a network that reads the
+    normalised data a mini-batch at a time can."""
+    if not method.gathers_rows:
+        return "it reads whole matrices"
+    if method.inputs:
+        return f"it reads {' and '.join(sorted(method.inputs))}, which a store streams to no method yet"
+    if method.needs_neighbours:
+        return "it trains on a neighbour graph of all cells"
+    return None
 
 
 def rna_only(cells: Cells) -> Cells:

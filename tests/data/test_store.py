@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 from sklearn.neighbors import KNeighborsClassifier
 
@@ -128,6 +129,18 @@ def test_stored_cells_embed_as_the_same_cells_in_memory(spec, store):
     torch.testing.assert_close(torch.from_numpy(embed(model, cells)), torch.from_numpy(embed(model, in_memory.X[rows])))
 
 
+@pytest.mark.slow  # the store is written once for these: 12 s
+def test_stored_cells_pickle_as_their_fields_and_read_the_same_rows_where_unpickled(store):
+    import pickle
+
+    cells = store.cells("reference")
+    rows = np.array([5, 1, 2])
+    before = cells.read(rows)  # opens and caches the zarr groups
+    payload = pickle.dumps(cells)
+    assert b"_groups" not in payload and b"_offsets" not in payload  # the open groups stay behind: a Ray task gets the path
+    assert (pickle.loads(payload).read(rows) != before).nnz == 0
+
+
 def test_a_reader_thread_stops_with_a_caller_that_stops_early():
     import threading
 
@@ -140,3 +153,49 @@ def test_a_reader_thread_stops_with_a_caller_that_stops_early():
     assert threading.active_count() == before
     with pytest.raises(ValueError, match="broken"):
         list(ahead(int(x) for x in ["1", "broken"]))
+
+
+@pytest.mark.slow  # the store is written once for these: 12 s
+def test_from_store_from_cells_on_a_data_set_is_prepared_to_disk_and_held_in_memory_as_a_sample(spec, store):
+    in_memory = prepare(spec)
+    n_cells = len(in_memory.obs)
+    sampled = prepare(dataclasses.replace(spec, store_from_cells=n_cells, evaluation_cells=600),
+                      store_root=store.path.parent)
+    assert sampled.store.path == store.path  # where the cells are held is no part of the store's key
+    taken = sampled.obs["split"].value_counts()
+    assert taken.sum() in (600, 601)
+    assert abs(taken["reference"] / taken.sum() - store.n_cells["reference"] / n_cells) < 0.01  # in proportion
+    for part in ("reference", "query"):  # each part's first cells (the store is shuffled), as prepared in memory
+        rows = store.cells(part).obs_column("row")[:taken[part]]
+        mine = (sampled.obs["split"] == part).to_numpy()
+        assert (sampled.X[mine] != in_memory.X[rows]).nnz == 0
+        assert (sampled.counts[mine] != in_memory.counts[rows]).nnz == 0
+        assert sampled.obs[mine][["batch", "label"]].equals(in_memory.obs.iloc[rows][["batch", "label"]])
+    assert np.array_equal(sampled.reference_index, np.arange(taken["reference"]))
+    assert any("the tasks score 60" in note for note in sampled.notes)
+    assert prepare(dataclasses.replace(spec, store_from_cells=n_cells + 1), store_root=store.path.parent).store is None
+
+
+@pytest.mark.slow  # the store is written once for these: 12 s
+def test_methods_train_on_every_stored_cell_and_trials_score_the_sample_with_validation_labels_hidden(spec, store):
+    from scssl.data.store import StoredCells
+    from scssl.evaluate.shared import SharedData
+    from scssl.stages import TuneSettings
+
+    sampled = prepare(dataclasses.replace(spec, store_from_cells=1, evaluation_cells=600), store_root=store.path.parent)
+    shared = SharedData.build(sampled, TuneSettings(validation_fraction=0.3), with_graphs=False)
+    training, scored = shared.trial_data(SimCLR)
+    n_reference, k = store.n_cells["reference"], len(sampled.reference_index)
+    assert isinstance(training.X, StoredCells) and training.n_cells == n_reference > k
+    stored_labels = store.cells("reference").obs_column("label_code")
+    hidden = shared.is_validation
+    assert hidden.any() and (training.labels[:k][hidden] == -1).all()
+    assert np.array_equal(training.labels[:k][~hidden], stored_labels[:k][~hidden])
+    assert np.array_equal(training.labels[k:], stored_labels[k:])
+    assert scored.n_cells == k and (scored.materialised().X != sampled.X[sampled.reference_index]).nnz == 0
+    every = shared.training_data("all")  # the reference cells, then the query cells
+    assert every.n_cells == n_reference + store.n_cells["query"]
+    assert (every.X.read(np.arange(n_reference - 2, n_reference + 3))
+            != sp.vstack([training.X.read(np.arange(n_reference - 2, n_reference)),
+                          store.cells("query").read(np.arange(3))])).nnz == 0
+    assert np.array_equal(every.labels, np.concatenate([stored_labels, store.cells("query").obs_column("label_code")]))
