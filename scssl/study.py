@@ -12,7 +12,8 @@ import time
 
 import yaml
 
-from scssl.data import PreparedDataset, prepare
+from scssl.data import DatasetSpec, PreparedDataset, prepare
+from scssl.data.prepare import prepared_to_disk
 from scssl.experiment import Experiment
 from scssl.interrupt import take_signals_back
 from scssl.methods import get_method
@@ -107,13 +108,13 @@ def prepare_datasets(experiment: Experiment, stages: tuple[str, ...] = STAGES) -
     for i, spec in sorted(enumerate(experiment.datasets), key=lambda item: item[1].pretrain is not None):
         t = time.perf_counter()
         try:
+            if prepared_to_disk(spec):  # before the preparation: a large file takes a while
+                _check_streamed(experiment, i, spec)
             genes = datasets[spec.pretrain].genes if spec.pretrain is not None else None
             ds = prepare(spec, genes=genes, store_root=experiment.store_dir)
             check_tasks(ds, experiment.config.tasks, spec.path, tunes)
         except DataError as err:
             raise ConfigError(f"{experiment.source}: datasets.{i}.{err.key}: {err}") from None
-        if ds.store is not None:
-            _check_streamed(experiment, i, ds)
         n_cells = ds.n_cells if ds.store is None else sum(ds.store.n_cells.values())
         n_query = len(ds.query_index) if ds.store is None else ds.store.n_cells["query"]
         print(f"[data] {spec.label}: {n_cells} cells ({n_cells - n_query} reference, {n_query} query), "
@@ -125,12 +126,11 @@ def prepare_datasets(experiment: Experiment, stages: tuple[str, ...] = STAGES) -
     return {spec.label: datasets[spec.label] for spec in experiment.datasets}
 
 
-def _check_streamed(experiment: Experiment, i: int, ds: PreparedDataset) -> None:
-    """Every method of the experiment can train on the data set ``ds`` streamed from its store: a ConfigError naming
-    the first that cannot, and why."""
+def _check_streamed(experiment: Experiment, i: int, spec: DatasetSpec) -> None:
+    """Every method of the experiment can train on the data set of ``spec``, prepared to disk, streamed from its
+    store: a ConfigError naming the first that cannot, and why."""
     from scssl.evaluate.shared import cannot_stream
 
-    n_cells = sum(ds.store.n_cells.values())
     why = {method: cannot_stream(get_method(method)) for method in experiment.config.methods}
     if experiment.uses_neighbours:  # a BBKNN or MNN augmentation
         why = {method: reason or "its BBKNN and MNN augmentations need a neighbour graph of all cells"
@@ -140,8 +140,8 @@ def _check_streamed(experiment: Experiment, i: int, ds: PreparedDataset) -> None
         first, *others = refused
         also = f"; nor can {', '.join(others)}" if others else ""
         raise ConfigError(
-            f"{experiment.source}: datasets.{i}.store_from_cells: data set {ds.id!r} has {n_cells:,} cells, so it is "
-            f"prepared to disk and streamed to the methods; {first} cannot train on streamed cells "
+            f"{experiment.source}: datasets.{i}.store_from_cells: data set {spec.label!r} has at least "
+            f"{spec.store_from_cells:,} cells, so it is prepared to disk and streamed to the methods; {first} cannot train on streamed cells "
             f"({refused[first]}){also}. Leave {'them' if others else 'it'} out, or raise store_from_cells to hold "
             "the data set in memory")
 

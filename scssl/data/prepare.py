@@ -238,7 +238,7 @@ def prepare(spec: DatasetSpec, adata: ad.AnnData | None = None, genes: np.ndarra
     each cell normalised over its own genes, a pretraining gene it lacks all zero. With ``store_root``, an RNA
     ``.h5ad`` of at least ``spec.store_from_cells`` cells is prepared to disk under it (``prepare_store``) and
     held in memory as a sample of ``spec.evaluation_cells`` (``PreparedDataset.sampled``)."""
-    if store_root is not None and adata is None and _to_disk(spec):
+    if store_root is not None and adata is None and prepared_to_disk(spec):
         return PreparedDataset.sampled(prepare_store(spec, store_root, genes), spec.evaluation_cells, spec.batch_key,
                                        spec.labels_key)
     source = spec.path
@@ -255,7 +255,7 @@ def prepare(spec: DatasetSpec, adata: ad.AnnData | None = None, genes: np.ndarra
             stored.close()
 
 
-def _to_disk(spec: DatasetSpec) -> bool:
+def prepared_to_disk(spec: DatasetSpec) -> bool:
     """Whether the data set of ``spec`` is prepared to disk: an RNA ``.h5ad`` (multimodal data sets are prepared in
     memory so far) of at least ``spec.store_from_cells`` cells, counted without reading them."""
     if spec.store_from_cells is None or spec.modality is not None or not spec.path.endswith(".h5ad"):
@@ -279,15 +279,17 @@ def prepare_store(spec: DatasetSpec, root: str | Path, genes: np.ndarray | None 
     if spec.modality is not None or spec.path.endswith(".h5mu"):
         raise DataError(f"{spec.path}: only RNA .h5ad data sets are prepared to disk; multimodal ones are prepared "
                         "in memory", "modality")
-    adata, stored = read_h5ad_backed(spec.path)  # first: its errors name the file
+    if not Path(spec.path).is_file():
+        raise DataError(f"{spec.path}: data file not found", "path")
+    stat = Path(spec.path).stat()
+    what = {key: value for key, value in dataclasses.asdict(spec).items() if key not in STORAGE_FIELDS}
+    settings = json.dumps(what, sort_keys=True, default=str)
+    key = _sha([], [[STORE_FORMAT, stat.st_size, stat.st_mtime_ns, settings], [] if genes is None else list(genes)])
+    path = Path(root) / f"{spec.label}-{key}"
+    if CellStore.exists(path):  # reused without reading the file
+        return CellStore.open(path)
+    adata, stored = read_h5ad_backed(spec.path)
     try:
-        stat = Path(spec.path).stat()
-        what = {key: value for key, value in dataclasses.asdict(spec).items() if key not in STORAGE_FIELDS}
-        settings = json.dumps(what, sort_keys=True, default=str)
-        key = _sha([], [[STORE_FORMAT, stat.st_size, stat.st_mtime_ns, settings], [] if genes is None else list(genes)])
-        path = Path(root) / f"{spec.label}-{key}"
-        if CellStore.exists(path):
-            return CellStore.open(path)
         _check_unique(adata.var_names, "gene", "var", spec.path)
         _check_unique(adata.obs_names, "cell", "obs", spec.path)
         kept = _kept_cells(spec, adata, stored, [])

@@ -99,7 +99,6 @@ class SharedData:
             return data
         return data.with_rna_only(extra.cells if rows is None else extra.cells.subset(~extra.is_query))
 
-
     def _stored_training_data(self, part: str, ds: PreparedDataset, validating: bool) -> Cells:
         """``training_data`` of a data set on disk: its ``part`` of the store (``reference`` or ``all``), streamed,
         with labels. The validation cells are the sample's first reference cells, and so the store's first ones."""

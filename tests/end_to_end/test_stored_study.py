@@ -44,9 +44,10 @@ def test_a_study_on_a_store_trains_streamed_and_scores_a_sample(tmp_path, capsys
     assert embeddings.n_obs == 600  # the sample's cells: the tasks score them
 
 
-def test_a_method_that_cannot_train_streamed_is_refused_before_anything_trains(tmp_path, capsys):
+def test_a_method_that_cannot_train_streamed_is_refused_before_the_data_set_is_prepared(tmp_path, capsys):
     experiment = _experiment(tmp_path, ["pca", "simclr", "scvi"], store_from_cells=100)
     assert main(["validate", str(experiment)]) == 2
     err = capsys.readouterr().err
-    assert "datasets.0.store_from_cells" in err and "1,200 cells, so it is prepared to disk" in err
+    assert "datasets.0.store_from_cells" in err and "has at least 100 cells, so it is prepared to disk" in err
     assert "pca cannot train on streamed cells (it reads whole matrices); nor can scvi" in err
+    assert not (tmp_path / "stores").exists()
